@@ -1,0 +1,78 @@
+"""The ``bench`` command line: one subcommand per stage of the suite.
+
+Each subcommand lives in ``benchmarks/commands/<name>.py`` and provides ``HELP`` (one line), ``DESCRIPTION``
+(the ``--help`` text), ``add_arguments(parser)`` and ``run(args) -> int``. Command modules import heavy
+libraries inside ``run`` so that ``bench --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from types import ModuleType
+
+#: subcommand -> module, in the order ``bench --help`` lists them
+COMMANDS: dict[str, str] = {
+    "pretrain": "benchmarks.commands.pretrain",
+    "export": "benchmarks.commands.export",
+    "inpaint": "benchmarks.commands.inpaint",
+    "inpaint-eval": "benchmarks.commands.inpaint_eval",
+    "transfer": "benchmarks.commands.transfer",
+    "table": "benchmarks.commands.table",
+    "plot": "benchmarks.commands.plot",
+    "reproduce": "benchmarks.commands.reproduce",
+    "demo": "benchmarks.commands.demo",
+    "speed": "benchmarks.commands.speed",
+}
+
+
+def _load(module_name: str) -> ModuleType | None:
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name == module_name:  # the command is not part of this build
+            return None
+        raise
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bench",
+        description=(
+            "Context Encoders (Pathak et al., CVPR 2016) benchmark suite: pretrain a context encoder and its "
+            "baselines, transfer the AlexNet encoder to PASCAL VOC classification, Fast R-CNN detection and FCN "
+            "segmentation, and regenerate the paper's comparison tables from run records."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module_name in COMMANDS.items():
+        module = _load(module_name)
+        if module is None:
+            continue
+        p = sub.add_parser(
+            name,
+            help=module.HELP,
+            description=getattr(module, "DESCRIPTION", module.HELP),
+            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        )
+        module.add_arguments(p)
+        p.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # `bench transfer` builds its task-specific options from --task before parsing (see commands/transfer.py)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "_module", None) is None:
+        parser.print_help()
+        return 2
+    return int(args._module.run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

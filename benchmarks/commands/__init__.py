@@ -1,0 +1,1 @@
+"""One module per ``bench`` subcommand (see benchmarks/cli.py for the contract)."""

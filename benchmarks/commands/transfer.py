@@ -1,0 +1,101 @@
+"""``bench transfer --task cls|svm|det|seg``: fine-tune or probe a pretrained AlexNet trunk on PASCAL VOC.
+
+Options shared by every task are defined here; each task adds its own options (in a group of their own) from
+``benchmarks/commands/transfer_<task>.py``, which provides ``TITLE``, ``add_arguments(group)`` and
+``run(args) -> int``. Options a preset controls default to ``None`` and are filled from
+``benchmarks/presets/<task>.py`` by the task's ``run``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from types import ModuleType
+
+HELP = "transfer pretrained weights to PASCAL VOC classification, probes, detection or segmentation"
+DESCRIPTION = __doc__
+
+#: --task value -> glue module
+TASKS: dict[str, str] = {
+    "cls": "benchmarks.commands.transfer_cls",
+    "svm": "benchmarks.commands.transfer_svm",
+    "det": "benchmarks.commands.transfer_det",
+    "seg": "benchmarks.commands.transfer_seg",
+}
+
+
+def _task_module(task: str) -> ModuleType | None:
+    name = TASKS[task]
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name == name:
+            return None
+        raise
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    available = [t for t in TASKS if _task_module(t) is not None]
+    parser.add_argument(
+        "--task",
+        required=True,
+        choices=available or list(TASKS),
+        help="cls: VOC2007 classification fine-tuning; svm: frozen-feature linear SVM probes; "
+        "det: VOC2007 Fast R-CNN detection; seg: VOC2012 FCN segmentation",
+    )
+    parser.add_argument(
+        "--voc-root", required=True, help="folder holding VOCdevkit, VOCdevkit itself, or VOCdevkit/VOC20XX"
+    )
+    parser.add_argument(
+        "--weights",
+        required=True,
+        help="a `bench pretrain` run folder, an encoder.safetensors, a .pt checkpoint, a torchvision "
+        "AlexNet state dict, or 'random' (Gaussian init, the paper's baseline)",
+    )
+    parser.add_argument("--out", required=True, help="folder for the run record (JSON) and outputs")
+    parser.add_argument(
+        "--preset",
+        default="paper",
+        choices=["paper", "smoke"],
+        help="paper: the protocol's published settings; smoke: same code at CPU scale",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of re-initialised layers, sampling and augmentation")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
+    parser.add_argument(
+        "--precision",
+        default=None,
+        choices=["fp32", "bf16"],
+        help="autocast precision of forward passes (preset default: fp32)",
+    )
+    parser.add_argument("--iterations", type=int, default=None, help="training iterations (preset)")
+    parser.add_argument("--lr", type=float, default=None, help="base learning rate (preset)")
+    parser.add_argument("--batch-size", type=int, default=None, help="images per training mini-batch (preset)")
+    parser.add_argument("--workers", type=int, default=None, help="data-loading worker processes (preset)")
+    parser.add_argument("--train-split", default=None, help="training split (task default)")
+    parser.add_argument(
+        "--eval-split",
+        default=None,
+        help="evaluation split (task default: test for VOC2007 tasks, val for segmentation)",
+    )
+    parser.add_argument(
+        "--rescale",
+        action="store_true",
+        help="apply Krähenbühl et al.'s data-dependent rescaling to the pretrained layers",
+    )
+    parser.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="skip (and count in the record) missing or malformed images, annotations and masks "
+        "instead of stopping with an error",
+    )
+    for task in TASKS:
+        module = _task_module(task)
+        if module is not None:
+            module.add_arguments(parser.add_argument_group(f"--task {task}: {module.TITLE}"))
+
+
+def run(args: argparse.Namespace) -> int:
+    module = _task_module(args.task)
+    if module is None:
+        raise SystemExit(f"--task {args.task} is not available in this build")
+    return int(module.run(args) or 0)

@@ -1,0 +1,1 @@
+"""Network definitions used by pretraining and, through the AlexNet trunk, by transfer."""

@@ -1,0 +1,44 @@
+"""Shared fixtures: tiny but real data (JPEG/PNG/XML files) made on the fly; nothing is downloaded."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TORCH_HOME", "/nonexistent-no-downloads")
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def voc_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A VOC-layout tree (VOC2007 + VOC2012) of real JPEG, XML and palette-PNG files, shared by a session.
+
+    Tests must not modify it; copy it (``shutil.copytree``) to damage files.
+    """
+    from benchmarks.demo_data import make_voc_tree
+
+    return make_voc_tree(tmp_path_factory.mktemp("voc"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def image_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder (with subfolders) of 24 natural-photograph crops as JPEG and PNG files."""
+    from benchmarks.demo_data import make_image_folder
+
+    return make_image_folder(tmp_path_factory.mktemp("images"), count=24, seed=0)
+
+
+@pytest.fixture()
+def subprocess_env() -> dict[str, str]:
+    """Environment for subprocesses (torchrun, the CLI) that puts this checkout first on the import path."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env["HF_HUB_OFFLINE"] = "1"
+    env["OMP_NUM_THREADS"] = "1"
+    return env

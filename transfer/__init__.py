@@ -1,0 +1,1 @@
+"""Transfer stage: load a pretrained AlexNet trunk into PASCAL VOC harnesses."""
