@@ -1,0 +1,253 @@
+"""Speed benchmark engine: machine peak, hot-path step rates, achieved FLOP/s and model FLOP utilisation.
+
+Each measurement runs in a fresh subprocess (``python -m benchmarks.speed --worker NAME PRECISION``) so that its
+peak memory is its own and one hot path's caches or thread pools cannot flatter the next. FLOPs are counted once
+per workload with ``torch.utils.flop_counter.FlopCounterMode`` (matrix products and convolutions, forward and
+backward); achieved GFLOP/s = counted FLOPs per step / median step time. The model FLOP utilisation (MFU) is that
+figure divided by the measured peak of the same precision on the same machine, in the same ``bench speed`` run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass
+class Workload:
+    """One timed unit of work: ``step()`` processes ``images_per_step`` images."""
+
+    step: Callable[[], Any]
+    images_per_step: int
+    note: str = ""
+    count_flops: bool = True  # False for work that is not matrix arithmetic (decoding, proposals)
+    sync: Callable[[], None] = field(default=lambda: None)
+
+
+@dataclass
+class Measurement:
+    name: str
+    precision: str
+    images_per_step: int
+    steps: int
+    median_step_s: float
+    images_per_s: float
+    gflop_per_step: float | None
+    gflop_per_s: float | None
+    mfu: float | None  # achieved / measured peak of the same precision
+    peak_rss_mb: float
+    baseline_rss_mb: float
+    note: str = ""
+
+
+def _rss_mb() -> float:
+    # ru_maxrss is in KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def time_steps(
+    step: Callable[[], Any], *, warmup: int, min_time_s: float, min_steps: int, sync: Callable[[], None]
+) -> list[float]:
+    """Per-step wall times after ``warmup`` untimed steps; runs until both minimums are met."""
+    for _ in range(warmup):
+        step()
+    sync()
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < min_steps or time.perf_counter() - start < min_time_s:
+        t0 = time.perf_counter()
+        step()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def count_flops(step: Callable[[], Any]) -> float:
+    """FLOPs of one call of ``step`` (matmuls and convolutions, forward and backward)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step()
+    return float(counter.get_total_flops())
+
+
+# ---------------------------------------------------------------- peak
+
+
+def _peak_workloads(device: torch.device, precision: str, quick: bool) -> dict[str, Workload]:
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    n = 1024 if quick else 2048
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    x = torch.randn(16, 256, 27, 27, device=device, dtype=dtype)
+    conv = torch.nn.Conv2d(256, 256, 3, padding=1).to(device=device, dtype=dtype)
+
+    def matmul() -> Any:
+        return a @ b
+
+    @torch.no_grad()
+    def convolution() -> Any:
+        return conv(x)
+
+    return {
+        "matmul": Workload(matmul, 0, f"{n}x{n} @ {n}x{n}"),
+        "conv": Workload(convolution, 0, "3x3 256->256, 16x27x27"),
+    }
+
+
+# ---------------------------------------------------------------- registry
+
+#: name -> (description, builder(device, precision, quick) -> Workload, precisions)
+HOT_PATHS: dict[str, tuple[str, Callable[[torch.device, str, bool], Workload], tuple[str, ...]]] = {}
+
+
+def register(name: str, description: str, precisions: tuple[str, ...] = ("fp32", "bf16")):
+    """Decorator adding a hot-path builder to ``HOT_PATHS``."""
+
+    def wrap(fn: Callable[[torch.device, str, bool], Workload]) -> Callable[[torch.device, str, bool], Workload]:
+        HOT_PATHS[name] = (description, fn, precisions)
+        return fn
+
+    return wrap
+
+
+def _sync_for(device: torch.device) -> Callable[[], None]:
+    if device.type == "cuda":
+        return torch.cuda.synchronize
+    return lambda: None
+
+
+def run_worker(name: str, precision: str, device_name: str, quick: bool) -> dict[str, Any]:
+    """Measure one workload in this process (called in a subprocess by ``run_all``)."""
+    import benchmarks.hot_paths  # noqa: F401  (registers the hot paths)
+    from pretrain.distributed import resolve_device
+
+    device = resolve_device(device_name)
+    torch.manual_seed(0)
+    baseline = _rss_mb()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    if name.startswith("peak:"):
+        workload = _peak_workloads(device, precision, quick)[name.split(":", 1)[1]]
+    else:
+        workload = HOT_PATHS[name][1](device, precision, quick)
+    sync = _sync_for(device)
+    workload.sync = sync
+    flops = count_flops(workload.step) if workload.count_flops else None
+    times = time_steps(
+        workload.step,
+        warmup=1 if quick else 3,
+        min_time_s=1.5 if quick else 8.0,
+        min_steps=3 if quick else 10,
+        sync=sync,
+    )
+    median = statistics.median(times)
+    peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else _rss_mb()
+    m = Measurement(
+        name=name,
+        precision=precision,
+        images_per_step=workload.images_per_step,
+        steps=len(times),
+        median_step_s=median,
+        images_per_s=workload.images_per_step / median if workload.images_per_step else 0.0,
+        gflop_per_step=None if flops is None else flops / 1e9,
+        gflop_per_s=None if flops is None else flops / 1e9 / median,
+        mfu=None,
+        peak_rss_mb=peak,
+        baseline_rss_mb=baseline if device.type != "cuda" else 0.0,
+        note=workload.note,
+    )
+    return asdict(m)
+
+
+def _spawn(name: str, precision: str, device: str, quick: bool) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "benchmarks.speed", "--worker", name, precision, device]
+    if quick:
+        cmd.append("--quick")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stderr.strip().splitlines()[-5:])
+        return {"name": name, "precision": precision, "error": tail or f"exit {proc.returncode}"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run_all(
+    *, quick: bool, device: str, only: list[str] | None, progress: Callable[[str], None] = lambda s: None
+) -> dict[str, Any]:
+    """Peak first, then every selected hot path in each of its precisions; MFU filled in against the peak."""
+    import benchmarks.hot_paths  # noqa: F401
+    from pretrain.distributed import resolve_device
+    from pretrain.runinfo import environment_info, utc_now_iso
+
+    dev = resolve_device(device)
+    precisions = ("fp32", "bf16")
+    peaks: dict[str, float] = {}
+    rows: list[dict[str, Any]] = []
+    for kind in ("matmul", "conv"):
+        for prec in precisions:
+            progress(f"peak {kind} {prec}")
+            r = _spawn(f"peak:{kind}", prec, device, quick)
+            rows.append(r)
+            if "gflop_per_s" in r and r["gflop_per_s"]:
+                peaks[prec] = max(peaks.get(prec, 0.0), r["gflop_per_s"])
+    names = [n for n in HOT_PATHS if not only or n in only]
+    unknown = sorted(set(only or []) - set(HOT_PATHS) - {"peak"})
+    if unknown:
+        raise SystemExit(f"unknown hot path(s) {unknown}; choose from {sorted(HOT_PATHS)}")
+    for name in names:
+        for prec in HOT_PATHS[name][2]:
+            progress(f"{name} {prec}")
+            rows.append(_spawn(name, prec, device, quick))
+    for r in rows:
+        if r.get("gflop_per_s") and peaks.get(r["precision"]):
+            r["mfu"] = r["gflop_per_s"] / peaks[r["precision"]]
+    return {
+        "quick": quick,
+        "device": str(dev),
+        "peak_gflop_per_s": peaks,
+        "measured_at": utc_now_iso(),
+        "environment": environment_info(dev),
+        "results": rows,
+    }
+
+
+def format_table(report: dict[str, Any]) -> str:
+    head = f"{'hot path':<26}{'prec':<6}{'batch':>6}{'img/s':>10}{'GFLOP/s':>10}{'MFU':>7}{'peak MB':>9}  note"
+    lines = [head, "-" * len(head)]
+    for r in report["results"]:
+        if "error" in r:
+            lines.append(f"{r['name']:<26}{r['precision']:<6}  ERROR: {r['error'].splitlines()[-1]}")
+            continue
+        ips = f"{r['images_per_s']:.1f}" if r["images_per_step"] else "-"
+        gf = f"{r['gflop_per_s']:.0f}" if r["gflop_per_s"] else "-"
+        mfu = f"{100 * r['mfu']:.0f}%" if r.get("mfu") else "-"
+        lines.append(
+            f"{r['name']:<26}{r['precision']:<6}{r['images_per_step'] or '-':>6}{ips:>10}{gf:>10}{mfu:>7}"
+            f"{r['peak_rss_mb']:>9.0f}  {r['note']}"
+        )
+    peaks = ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in report["peak_gflop_per_s"].items())
+    lines.append(f"measured peak: {peaks}  (device {report['device']}, quick={report['quick']})")
+    return "\n".join(lines)
+
+
+def _main(argv: list[str]) -> int:
+    if argv[:1] == ["--worker"]:
+        name, precision, device = argv[1:4]
+        print(json.dumps(run_worker(name, precision, device, "--quick" in argv)))
+        return 0
+    raise SystemExit("usage: python -m benchmarks.speed --worker NAME PRECISION DEVICE [--quick] (use `bench speed`)")
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))
