@@ -199,7 +199,7 @@ def run_all(
             progress(f"peak {kind} {prec}")
             r = _spawn(f"peak:{kind}", prec, device, quick)
             rows.append(r)
-            if "gflop_per_s" in r and r["gflop_per_s"]:
+            if r.get("gflop_per_s"):
                 peaks[prec] = max(peaks.get(prec, 0.0), r["gflop_per_s"])
     names = [n for n in HOT_PATHS if not only or n in only]
     unknown = sorted(set(only or []) - set(HOT_PATHS) - {"peak"})
