@@ -173,7 +173,8 @@ def test_build_mask_options_and_errors(voc_root: Path) -> None:
     assert isinstance(m, CenterMask) and m.overlap == 4
     assert isinstance(build_mask("random-block", max_coverage=0.1), RandomBlockMask)
     assert isinstance(build_mask("random-region", per_batch=True), MaskGenerator)
-    assert build_mask("voc-shapes", voc_root=str(voc_root)).describe()["shapes"] > 0
+    voc = build_mask("voc-shapes", voc_root=str(voc_root))
+    assert isinstance(voc, VOCShapeMask) and voc.shapes.shape[0] > 0
     with pytest.raises(MaskError, match="voc_root"):
         build_mask("voc-shapes")
     with pytest.raises(MaskError, match="unknown mask"):
