@@ -213,6 +213,8 @@ class UnlabeledImageDataset(Dataset):
         paths = [Path(p) for p in paths]
         if not paths:
             raise DataError("no image files given to UnlabeledImageDataset")
+        #: number of files given (readable or not), for the run summary next to ``len(self.skipped)``
+        self.num_found = len(paths)
         if scan:
             paths = self._scan(paths, scan_workers)
         self.paths = paths
