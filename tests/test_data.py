@@ -124,7 +124,7 @@ def damaged_folder(image_folder: Path, tmp_path: Path) -> Path:
 def test_corrupt_truncated_and_empty_files_are_skipped_and_counted(damaged_folder: Path, scan_workers: int) -> None:
     with pytest.warns(UserWarning, match="skipped 4 of 28"):
         ds = build_pretrain_dataset(damaged_folder, crop_size=64, resize_short=80, scan_workers=scan_workers)
-    assert len(ds) == 24
+    assert len(ds) == 24 and ds.num_found == 28
     skipped = {Path(p).name: reason for p, reason in ds.skipped}
     assert set(skipped) == {"garbage.jpg", "truncated.jpg", "empty.png", "truncated.png"}
     assert skipped["empty.png"] == "empty file"
