@@ -211,6 +211,11 @@ def test_16_bit_png_is_scaled_not_clipped(tmp_path: Path) -> None:
     assert torch.allclose(x[0], expected) and torch.equal(x[0], x[2])
     assert x.min() == -1 and x.max() == 1 and len(x[0, 0].unique()) == 32  # full range, no clipping at 255
 
+    # a 16-bit binary PGM in a .ppm file opens as mode "I"
+    (tmp_path / "gray16.ppm").write_bytes(b"P5\n32 32\n65535\n" + ramp16.astype(">u2").tobytes())
+    assert Image.open(tmp_path / "gray16.ppm").mode == "I"
+    assert torch.allclose(exact(tmp_path / "gray16.ppm", 32)[1], expected)
+
     rgb16 = np.zeros((32, 32, 3), np.uint16)
     rgb16[..., 2] = 65535  # BGR order for OpenCV: red channel at full scale
     rgb16[..., 1] = 32896  # green at 128 * 257
