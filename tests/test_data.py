@@ -76,9 +76,10 @@ def test_missing_empty_or_file_source_names_it(tmp_path: Path) -> None:
 
 def test_voc_source_lists_the_split_images(voc_root: Path) -> None:
     year = voc_root / "VOCdevkit" / "VOC2012"
-    ids = (year / "ImageSets" / "Main" / "trainval.txt").read_text().split()
-    paths = find_images(f"voc:{voc_root}")  # default VOC2012 trainval
-    assert [p.stem for p in paths] == ids and len(paths) == 40
+    ids = (year / "ImageSets" / "Main" / "train.txt").read_text().split()
+    paths = find_images(f"voc:{voc_root}")  # default VOC2012 train (val is the segmentation test split)
+    assert [p.stem for p in paths] == ids and len(paths) == 20
+    assert len(find_images(f"voc:{voc_root}:2012:trainval")) == 40
     assert all(p.parent == year / "JPEGImages" for p in paths)
     test07 = find_images(f"voc:{voc_root}:2007:test")
     assert [p.stem for p in test07] == (voc_root / "VOCdevkit/VOC2007/ImageSets/Main/test.txt").read_text().split()
@@ -96,10 +97,10 @@ def test_voc_source_with_missing_images(voc_root: Path, tmp_path: Path) -> None:
     (year / "ImageSets" / "Main").mkdir(parents=True)
     (year / "JPEGImages").mkdir()
     shutil.copy(voc_root / "VOCdevkit/VOC2012/JPEGImages/2012_000001.jpg", year / "JPEGImages")
-    (year / "ImageSets" / "Main" / "trainval.txt").write_text("2012_000001\n2012_000002\n")
+    (year / "ImageSets" / "Main" / "train.txt").write_text("2012_000001\n2012_000002\n")
     with pytest.warns(UserWarning, match="missing"):
         assert len(find_images(f"voc:{tmp_path}")) == 1
-    (year / "ImageSets" / "Main" / "trainval.txt").write_text("2012_000002\n")
+    (year / "ImageSets" / "Main" / "train.txt").write_text("2012_000002\n")
     with pytest.raises(DataError, match="JPEGImages"):
         find_images(f"voc:{tmp_path}")
 
