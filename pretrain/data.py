@@ -2,7 +2,8 @@
 
 Sources (``--data``): a folder searched recursively for ``IMAGE_EXTENSIONS`` (case-insensitive; hidden files and
 folders, e.g. macOS ``._x.jpg`` resource forks, are ignored), or ``voc:ROOT[:YEAR[:SPLIT]]`` = the
-``JPEGImages`` of the images listed in a VOC devkit's ``ImageSets/Main/<SPLIT>.txt`` (default VOC2012 train: VOC2012 val is the segmentation evaluation split, so it is kept out of pretraining unless asked for).
+``JPEGImages`` of the images listed in a VOC devkit's ``ImageSets/Main/<SPLIT>.txt`` (default VOC2012
+train: VOC2012 val is the segmentation evaluation split, so it stays out of pretraining unless asked for).
 
 Augmentation (official Lua ``donkey_folder.lua`` of the inpainting code): the shorter side is resized to
 ``resize_short`` keeping the aspect ratio (Lua: ``loadSize`` 350; bilinear), a random ``crop_size`` crop is taken
@@ -84,8 +85,9 @@ def _voc_images(spec: str) -> list[Path]:
 
 def find_images(source: str | Path) -> list[Path]:
     """All image files of ``source``: a folder (searched recursively, sorted by relative path) or
-    ``voc:ROOT[:YEAR[:SPLIT]]`` (default year 2012, split train, which keeps the segmentation evaluation split VOC2012 val out; in image-set order). Raises ``DataError``
-    naming the folder when it is missing or holds no image."""
+    ``voc:ROOT[:YEAR[:SPLIT]]`` (default year 2012, split train, which keeps the segmentation evaluation split
+    VOC2012 val out; in image-set order). Raises ``DataError`` naming the folder when it is missing or holds no
+    image."""
     text = str(source)
     if text.startswith("voc:"):
         return _voc_images(text)
