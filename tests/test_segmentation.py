@@ -1,27 +1,15 @@
-"""FCN segmentation: IoU metrics, the model's alignment, loss, training step, data checks (fast unit tests)."""
+"""FCN segmentation: IoU metrics, the model's output size and alignment, loss, training step, sampler (unit tests)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
-import scipy.io
 import torch
-from PIL import Image
 
 from pretrain.models.alexnet import alexnet_trunk
-from transfer.segmentation.data import (
-    SegmentationDataset,
-    build_train_items,
-    check_items,
-    load_sbd_mask,
-    voc_items,
-)
-from transfer.segmentation.model import FCN, bilinear_kernel, bilinear_upsampling, build_fcn
+from transfer.segmentation.model import bilinear_kernel, bilinear_upsampling, build_fcn
 from transfer.segmentation.train import TrainBatchSampler, build_optimizer, segmentation_loss, train_step
 from transfer.segmentation_iou import confusion_matrix, per_class_iou, segmentation_scores
-from transfer.voc import VOCError
 
 # ---------------------------------------------------------------- metrics
 
@@ -149,41 +137,3 @@ def test_batch_sampler_shares_each_epoch_between_ranks() -> None:
 
 
 # ---------------------------------------------------------------- data
-
-
-def _write_sbd(root: Path, voc: Path, ids: dict[str, list[str]], size: tuple[int, int] = (40, 30)) -> None:
-    (root / "cls").mkdir(parents=True)
-    (root / "img").mkdir()
-    for split, split_ids in ids.items():
-        (root / f"{split}.txt").write_text("\n".join(split_ids) + "\n")
-        for i in split_ids:
-            seg = np.zeros(size[::-1], dtype=np.uint8)
-            seg[5:15, 10:30] = 7
-            seg[0, 0] = 255
-            gt = {"Segmentation": seg, "Boundaries": np.zeros(1), "CategoriesPresent": np.array([7])}
-            scipy.io.savemat(root / "cls" / f"{i}.mat", {"GTcls": gt})
-            Image.new("RGB", size, (90, 120, 30)).save(root / "img" / f"{i}.jpg")
-
-
-def test_sbd_extra_annotations_without_val_leakage(voc_root: Path, tmp_path: Path) -> None:
-    val_ids = [it.image_id for it in voc_items(voc_root, "val")]
-    train_ids = [it.image_id for it in voc_items(voc_root, "train")]
-    sbd = tmp_path / "sbd"
-    _write_sbd(sbd, voc_root, {"train": ["2008_000001", val_ids[0], train_ids[0]], "val": ["2008_000002", val_ids[1]]})
-    lst = build_train_items(voc_root, "train", "val", sbd)
-    ids = [it.image_id for it in lst.items]
-    assert lst.sbd_removed_val == 2 and lst.sbd_added == 2
-    assert not set(ids) & set(val_ids)
-    assert ids.count(train_ids[0]) == 1 and next(it for it in lst.items if it.image_id == train_ids[0]).source == "voc"
-    mask = load_sbd_mask(sbd / "cls" / "2008_000001.mat", (40, 30))
-    assert mask.shape == (30, 40) and set(np.unique(mask)) == {0, 7, 255}
-    with pytest.raises(VOCError, match=r"2008_000001\.mat.*image is 41x30"):
-        load_sbd_mask(sbd / "cls" / "2008_000001.mat", (41, 30))
-    good, skipped = check_items(lst.items, skip_bad=False)
-    assert len(good) == 22 and not skipped
-    x, m, _ = SegmentationDataset(good, train=True, crop_size=64, seed=3)[len(good) - 1]
-    assert x.shape == (3, 64, 64) and m.shape == (64, 64) and (m == 255).sum() > 64 * 64 - 40 * 30
-
-
-def test_fcn_is_a_plain_module() -> None:
-    assert issubclass(FCN, torch.nn.Module)

@@ -1,6 +1,7 @@
-"""``bench transfer --task seg`` end to end on the VOC-layout fixture: smoke training + evaluation writing a valid
-record, bad masks (error naming the file / skipped and counted), and a 2-process torchrun (gloo) evaluation of the
-same weights giving the same confusion matrix and mIoU as one process."""
+"""``bench transfer --task seg`` end to end on the VOC-layout fixture: SBD extra annotations without leakage,
+smoke training (VOC2012 train + a tiny SBD) and evaluation writing a valid record, bad masks (error naming the file
+or skipped and counted), and a 2-process torchrun (gloo) evaluation of the same weights giving the same confusion
+matrix and mIoU as one process."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import scipy.io
 import torch
 from PIL import Image
 from safetensors.torch import save_file
@@ -20,7 +22,13 @@ from safetensors.torch import save_file
 from benchmarks.cli import main as bench
 from pretrain.models.alexnet import alexnet_trunk
 from transfer.records import read_record
-from transfer.segmentation.data import check_items, voc_items
+from transfer.segmentation.data import (
+    SegmentationDataset,
+    build_train_items,
+    check_items,
+    load_sbd_mask,
+    voc_items,
+)
 from transfer.segmentation.model import build_fcn
 from transfer.voc import SEG_CLASSES, VOCError, resolve_year_dir
 
@@ -44,6 +52,40 @@ def damage_masks(tree: Path) -> tuple[Path, Path]:
     return bad_size, bad_label
 
 
+def _write_sbd(root: Path, ids: dict[str, list[str]], size: tuple[int, int] = (40, 30)) -> None:
+    (root / "cls").mkdir(parents=True)
+    (root / "img").mkdir()
+    for split, split_ids in ids.items():
+        (root / f"{split}.txt").write_text("\n".join(split_ids) + "\n")
+        for i in split_ids:
+            seg = np.zeros(size[::-1], dtype=np.uint8)
+            seg[5:15, 10:30] = 7
+            seg[0, 0] = 255
+            gt = {"Segmentation": seg, "Boundaries": np.zeros(1), "CategoriesPresent": np.array([7])}
+            scipy.io.savemat(root / "cls" / f"{i}.mat", {"GTcls": gt})
+            Image.new("RGB", size, (90, 120, 30)).save(root / "img" / f"{i}.jpg")
+
+
+def test_sbd_extra_annotations_without_val_leakage(voc_root: Path, tmp_path: Path) -> None:
+    val_ids = [it.image_id for it in voc_items(voc_root, "val")]
+    train_ids = [it.image_id for it in voc_items(voc_root, "train")]
+    sbd = tmp_path / "sbd"
+    _write_sbd(sbd, {"train": ["2008_000001", val_ids[0], train_ids[0]], "val": ["2008_000002", val_ids[1]]})
+    lst = build_train_items(voc_root, "train", "val", sbd)
+    ids = [it.image_id for it in lst.items]
+    assert lst.sbd_removed_val == 2 and lst.sbd_added == 2
+    assert not set(ids) & set(val_ids)
+    assert ids.count(train_ids[0]) == 1 and next(it for it in lst.items if it.image_id == train_ids[0]).source == "voc"
+    mask = load_sbd_mask(sbd / "cls" / "2008_000001.mat", (40, 30))
+    assert mask.shape == (30, 40) and set(np.unique(mask)) == {0, 7, 255}
+    with pytest.raises(VOCError, match=r"2008_000001\.mat.*image is 41x30"):
+        load_sbd_mask(sbd / "cls" / "2008_000001.mat", (41, 30))
+    good, skipped = check_items(lst.items, skip_bad=False)
+    assert len(good) == 22 and not skipped
+    x, m, _ = SegmentationDataset(good, train=True, crop_size=64, seed=3)[len(good) - 1]
+    assert x.shape == (3, 64, 64) and m.shape == (64, 64) and (m == 255).sum() > 64 * 64 - 40 * 30
+
+
 @pytest.fixture(scope="module")
 def damaged(voc_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     tree = tmp_path_factory.mktemp("seg") / "voc"
@@ -56,6 +98,9 @@ def smoke_run(damaged: tuple[Path, Path, Path], tmp_path_factory: pytest.TempPat
     out = tmp_path_factory.mktemp("seg_out")
     args = ["transfer", "--task", "seg", "--voc-root", str(damaged[0]), "--weights", "random", "--out", str(out)]
     args += ["--preset", "smoke", "--iterations", "2", "--skip-bad", "--save-fcn", "--save-predictions"]
+    val_id = voc_items(damaged[0], "val")[0].image_id
+    _write_sbd(out / "sbd", {"train": ["2008_000001", val_id], "val": []})
+    args += ["--sbd-root", str(out / "sbd")]
     assert bench(args) == 0
     return out
 
@@ -87,10 +132,11 @@ def test_cli_names_the_bad_mask(damaged: tuple[Path, Path, Path], tmp_path: Path
 def test_smoke_training_writes_a_valid_record(smoke_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rec = _record(smoke_run)
     assert rec["task"] == "seg" and rec["primary_metric"] == "mIoU" and rec["protocol"]["id"] == "fcn32s-voc2012"
-    assert rec["dataset"] == "VOC2012" and rec["train_split"] == "train" and rec["eval_split"] == "val"
+    assert rec["dataset"] == "VOC2012" and rec["train_split"] == "train+sbd" and rec["eval_split"] == "val"
+    assert rec["extra"]["sbd"] == {"added": 1, "removed_in_eval_split": 1}
     assert 0.0 <= rec["metrics"]["mIoU"] <= 100.0 and rec["metrics"]["pixel_acc"] > 0
     assert rec["skipped"]["count"] == 2
-    assert rec["extra"]["train_images"] == 19 and rec["extra"]["eval_images"] == 19
+    assert rec["extra"]["train_images"] == 20 and rec["extra"]["eval_images"] == 19
     hist = np.array(rec["extra"]["confusion_matrix"])
     assert hist.shape == (21, 21) and hist.sum() == rec["extra"]["labelled_pixels"] > 0
     assert set(rec["per_class"]["IoU"]) <= set(SEG_CLASSES)
