@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
+from pretrain.distributed import init_distributed
 from pretrain.models.alexnet import alexnet_trunk
+from transfer.segmentation.data import SegmentationDataset, voc_items
 from transfer.segmentation.model import bilinear_kernel, bilinear_upsampling, build_fcn
-from transfer.segmentation.train import TrainBatchSampler, build_optimizer, segmentation_loss, train_step
+from transfer.segmentation.train import (
+    NonFiniteLossError,
+    TrainBatchSampler,
+    build_optimizer,
+    segmentation_loss,
+    train_fcn,
+    train_step,
+)
 from transfer.segmentation_iou import confusion_matrix, per_class_iou, segmentation_scores
 
 # ---------------------------------------------------------------- metrics
@@ -137,3 +148,13 @@ def test_batch_sampler_shares_each_epoch_between_ranks() -> None:
 
 
 # ---------------------------------------------------------------- data
+
+
+def test_non_finite_loss_stops_training(voc_root: Path) -> None:
+    model = build_fcn(alexnet_trunk(), fc_channels=8)
+    ds = SegmentationDataset(voc_items(voc_root, "train")[:2], train=True)
+    with pytest.raises(NonFiniteLossError, match="at iteration"):
+        train_fcn(
+            model, ds, ctx=init_distributed("cpu"), iterations=4, batch_size=1, lr=1e30, momentum=0.9,
+            weight_decay=0.0, normalization="none", progress=False,
+        )  # fmt: skip

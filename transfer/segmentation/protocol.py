@@ -91,10 +91,13 @@ def _load_fcn_weights(model: torch.nn.Module, path: Path) -> None:
         state = load_file(str(path))
     except Exception as exc:
         raise SegmentationError(f"cannot read FCN weights {path}: {exc}") from exc
-    result = model.load_state_dict(state, strict=False)
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        raise SegmentationError(f"{path} does not fit this FCN (variant/--fcn-fc-channels?): {exc}") from exc
     if result.missing_keys or result.unexpected_keys:
         raise SegmentationError(
-            f"{path} does not fit this FCN (variant/--fc-channels?): missing {sorted(result.missing_keys)}, "
+            f"{path} does not fit this FCN (variant/--fcn-fc-channels?): missing {sorted(result.missing_keys)}, "
             f"unexpected {sorted(result.unexpected_keys)}"
         )
 
@@ -128,6 +131,10 @@ def run_segmentation(cfg: SegmentationConfig, ctx: DistributedContext) -> dict[s
     if not eval_items:
         raise SegmentationError(f"no usable evaluation image in VOC2012 {cfg.eval_split} (all skipped)")
 
+    if ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    barrier()
+
     # model: transferred trunk + re-initialised FCN head (same seed on every rank)
     trunk, winfo = load_alexnet_trunk(cfg.weights, seed=cfg.seed)
     model = build_fcn(
@@ -155,9 +162,6 @@ def run_segmentation(cfg: SegmentationConfig, ctx: DistributedContext) -> dict[s
             crop_size=cfg.crop_size,
             seed=cfg.seed,
         )
-        if ctx.is_main:
-            out.mkdir(parents=True, exist_ok=True)
-        barrier()
         train_summary = train_fcn(
             model,
             train_ds,
