@@ -1,7 +1,8 @@
 """Presets of ``bench transfer --task svm`` (frozen-feature VOC2007 linear SVM probes, Goyal et al. 2019).
 
 ``paper``: the versioned protocol ``voc07-svm`` as documented in transfer/svm_probe.py (227-px centre crops, the
-full cost grid). ``smoke``: the same code on the fixture tree with small images and a 3-value cost grid.
+full cost grid, all six layers). ``smoke``: the same code on the fixture tree with small images, a 2-value
+cost grid and two layers.
 """
 
 from __future__ import annotations
@@ -9,6 +10,20 @@ from __future__ import annotations
 from typing import Any
 
 PRESETS: dict[str, dict[str, Any]] = {
-    "paper": {"batch_size": 64, "workers": 4, "precision": "fp32", "svm_image_size": 227, "svm_costs": "paper"},
-    "smoke": {"batch_size": 8, "workers": 0, "precision": "fp32", "svm_image_size": 67, "svm_costs": "0.01,1,100"},
+    "paper": {
+        "batch_size": 64,
+        "workers": 4,
+        "precision": "fp32",
+        "svm_image_size": 227,
+        "svm_costs": "paper",
+        "svm_layers": "conv1,conv2,conv3,conv4,conv5,pool5",
+    },
+    "smoke": {
+        "batch_size": 8,
+        "workers": 0,
+        "precision": "fp32",
+        "svm_image_size": 67,
+        "svm_costs": "0.1,10",
+        "svm_layers": "conv3,conv5",
+    },
 }
