@@ -64,20 +64,20 @@ def test_views_and_model_shapes(voc_root: Path) -> None:
     cfg = FinetuneConfig(crop_size=67, eval_crops=3, fc_width=32)
     image, labels = VOCClassificationTrain(items, cfg)[0]
     assert image.shape == (3, 67, 67) and labels.shape == (20,)
-    assert -1.0 <= float(image.min()) and float(image.max()) <= 1.0
+    assert float(image.min()) >= -1.0 and float(image.max()) <= 1.0
     views, _ = VOCClassificationEval(items, cfg, seed=0)[1]
     again, _ = VOCClassificationEval(items, cfg, seed=0)[1]
     assert views.shape == (4, 3, 67, 67) and torch.equal(views, again)  # random crops are reproducible
     trunk, _ = load_alexnet_trunk("random")
     model = build_classifier(trunk, 20, cfg, seed=0)
     assert model(views).shape == (4, 20)
-    assert float(model.classifier.fc8.bias[0].detach()) == pytest.approx(0.1)
-    assert abs(float(model.classifier.fc6.weight.detach().std()) - 0.01) < 1e-3
+    assert float(model.fc("fc8").bias[0].detach()) == pytest.approx(0.1)
+    assert abs(float(model.fc("fc6").weight.detach().std()) - 0.01) < 1e-3
     trained = model.set_trainable("fc8")
     assert trained == ["classifier.fc8.weight", "classifier.fc8.bias"]
     assert len(model.set_trainable("fc6")) == 6 and len(model.set_trainable("all")) == 16
     clipped = build_classifier(load_alexnet_trunk("random")[0], 20, FinetuneConfig(clip="pool5"), seed=0)
-    assert clipped.classifier.fc8.in_features == 9216 and not hasattr(clipped.classifier, "fc6")
+    assert clipped.fc("fc8").in_features == 9216 and not hasattr(clipped.classifier, "fc6")
     with pytest.raises(ValueError, match="clip pool5"):
         clipped.set_trainable("fc6")
 
@@ -119,7 +119,7 @@ def test_rescale_equalises_gradient_ratios_by_per_layer_scalars() -> None:
     for i, m in enumerate(m for m in chain if isinstance(m, nn.Conv2d | nn.Linear)):
         with torch.no_grad():
             m.weight.mul_(10.0 ** (i - 1))  # badly scaled layers
-            m.bias.fill_(0.1)
+            m.bias.fill_(0.1)  # type: ignore[union-attr]
     x = torch.randn(6, 3, 8, 8)
     before = [m.weight.detach().clone() for m in chain if isinstance(m, nn.Conv2d | nn.Linear)]
     net = nn.Sequential(*chain[:6], nn.Flatten(), *chain[6:])

@@ -103,7 +103,7 @@ def _resize(image: Image.Image, scale: float, crop: int) -> Image.Image:
     w, h = image.size
     scale = max(scale, crop / min(w, h))
     size = (max(crop, round(w * scale)), max(crop, round(h * scale)))
-    return image.resize(size, Image.BILINEAR) if size != (w, h) else image
+    return image.resize(size, Image.Resampling.BILINEAR) if size != (w, h) else image
 
 
 def random_view(
@@ -114,7 +114,7 @@ def random_view(
     x = int(rng.integers(0, im.width - crop + 1))
     y = int(rng.integers(0, im.height - crop + 1))
     im = im.crop((x, y, x + crop, y + crop))
-    return im.transpose(Image.FLIP_LEFT_RIGHT) if rng.random() < 0.5 else im
+    return im.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if rng.random() < 0.5 else im
 
 
 def centre_view(image: Image.Image, crop: int) -> Image.Image:
@@ -257,6 +257,13 @@ class VOCClassifier(nn.Module):
         self.classifier = nn.Sequential(head)
         self.clip = clip
 
+    def fc(self, name: str) -> nn.Linear:
+        """The fully connected layer ``fc6``, ``fc7`` or ``fc8``."""
+        layer = self.classifier._modules.get(name)
+        if not isinstance(layer, nn.Linear):
+            raise KeyError(f"{name} is not a layer of this classifier (clip={self.clip})")
+        return layer
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
 
@@ -266,8 +273,8 @@ class VOCClassifier(nn.Module):
         chain: list[nn.Module] = [*self.features]
         names = [f"conv{i}" for i in range(1, 6)]
         if self.clip == "drop7":
-            c = self.classifier
-            chain += [self.avgpool, c.fc6, c.relu6, c.drop6, c.fc7]
+            c = self.classifier._modules
+            chain += [self.avgpool, *(c[n] for n in ("fc6", "relu6", "drop6", "fc7"))]
             names += ["fc6", "fc7"]
         return chain, names
 
@@ -311,7 +318,7 @@ def rescale_for_finetuning(
     images = images.to(device)
     chain, names = model.layer_chain()
     if model.clip == "drop7":
-        targets = [i for i, m in enumerate(chain) if m is model.classifier.fc6 or m is model.classifier.fc7]
+        targets = [i for i, m in enumerate(chain) if m is model.fc("fc6") or m is model.fc("fc7")]
         within_layer_init_(chain, images, targets, bias=cfg.init_bias, seed=seed + 2)
     report = between_layer_scale_correction(
         chain, images[: cfg.batch_size], max_iterations=max_iterations, seed=seed + 3, names=names

@@ -140,7 +140,7 @@ def _output_std(out: torch.Tensor) -> float:
 def _ratios(
     layers: Sequence[nn.Module], images: torch.Tensor, param_idx: list[int], seed: int
 ) -> tuple[list[float], float]:
-    weights = [layers[i].weight for i in param_idx]  # type: ignore[union-attr]
+    weights: list[torch.Tensor] = [layers[i].weight for i in param_idx]  # type: ignore[misc]
     out = _forward(layers, images)
     generator = torch.Generator().manual_seed(seed)  # the same random output gradient in every round
     grad_out = torch.randn(out.shape, generator=generator, dtype=out.dtype).to(out.device)

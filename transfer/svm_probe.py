@@ -103,7 +103,7 @@ class VOCCentreCrops(Dataset):
         im = load_image(self.items[i].path)
         w, h = im.size
         s = self.size / min(w, h)
-        im = im.resize((max(self.size, round(w * s)), max(self.size, round(h * s))), Image.BILINEAR)
+        im = im.resize((max(self.size, round(w * s)), max(self.size, round(h * s))), Image.Resampling.BILINEAR)
         x, y = (im.width - self.size) // 2, (im.height - self.size) // 2
         return normalize(im.crop((x, y, x + self.size, y + self.size)), self.norm), i
 
