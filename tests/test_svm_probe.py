@@ -17,6 +17,13 @@ from transfer.svm_probe import SVMProtocol, VOCCentreCrops, choose_cost, extract
 from transfer.voc import VOC_CLASSES, resolve_year_dir
 
 
+def test_paper_cost_grid() -> None:
+    from transfer.svm_probe import PAPER_COSTS
+
+    assert len(PAPER_COSTS) == 26 and PAPER_COSTS[:2] == (1e-7, 1e-6) and PAPER_COSTS[9] == 100.0
+    assert PAPER_COSTS[10] == 0.0625 and PAPER_COSTS[-1] == 0.5**19
+
+
 def test_pool_grid_gives_about_9k_dims() -> None:
     assert [pool_grid(c) for c in (64, 192, 384, 256)] == [12, 7, 5, 6]
     assert [pool_grid(c) for c in (96, 256, 384)] == [10, 6, 5]  # Goyal et al.'s Caffe AlexNet grids
@@ -43,7 +50,7 @@ def test_cost_selection_and_probe_use_train_only() -> None:
     protocol = SVMProtocol(costs=(1e-7, 1.0, 100.0))
     cost, means = choose_cost(x, y, protocol, seed=0)
     assert len(means) == 3 and all(np.isfinite(means)) and means[1] > 0.9
-    assert cost == protocol.costs[int(np.argmax(means))]  # first best (np.argmax: ties -> the smaller cost)
+    assert cost == protocol.costs[int(np.argmax(means))]  # the first best in grid order (np.argmax)
     labels = np.stack([np.where(y > 0, 1, -1), -np.ones(60, dtype=int)], axis=1)
     labels[0, 0] = 0  # a difficult-only label counts as negative in training
     test_x = rng.normal(size=(20, 4)).astype(np.float32)

@@ -14,11 +14,13 @@ The protocol, line by line:
 - one ``sklearn.svm.LinearSVC`` per class and layer (squared hinge, L2 penalty, dual, tol 1e-4, max_iter 2000,
   intercept_scaling 1, class_weight {1: 2, -1: 1}, as Goyal et al.); training labels: 1 positive, -1 negative, and
   difficult-only (0) treated as negative, as Goyal et al. do;
-- cost ``C`` per class and layer: chosen by 3-fold cross-validation on trainval only (stratified folds in order, no
-  shuffling; mean AP over folds, folds without positives skipped; ties -> the smaller cost) from the fixed grid
-  ``PAPER_COSTS``; the final SVM is refit on all of trainval with that cost;
-- test: AP per class on VOC2007 test with difficult (0) entries ignored; the AP definition is ``sklearn`` (scikit-
-  learn average precision, see transfer/classification_ap.py); mAP over classes with test positives.
+- cost ``C`` per class and layer: chosen by 3-fold cross-validation on trainval only (``StratifiedKFold(3)``, no
+  shuffling, as ``cross_val_score(cv=3)``; mean AP over folds, scikit-learn AP as their ``scoring=
+  'average_precision'``; folds without positives skipped; ties -> the first cost in grid order, as ``np.argmax``)
+  from the fixed 26-value grid ``PAPER_COSTS``; the final SVM is refit on all of trainval with that cost;
+- test: AP per class on VOC2007 test with difficult (0) entries ignored; the AP definition is ``voc_area`` (the
+  area under the monotone precision envelope, Goyal et al.'s ``calculate_ap``; transfer/classification_ap.py);
+  mAP over classes with test positives.
 """
 
 from __future__ import annotations
@@ -43,8 +45,12 @@ from transfer.voc import load_image
 
 PROTOCOL_ID = "voc07-svm"
 PROTOCOL_VERSION = 1
-#: Goyal et al.'s VOC07 cost grid (fair_self_supervision_benchmark, ``--costs_list``)
-PAPER_COSTS: tuple[float, ...] = (1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
+#: Goyal et al.'s VOC07 cost grid, in their order: the ``--costs_list`` of their VOC07 runs (1e-7 .. 1e2) followed by
+#: the ``0.5 ** k`` (k = 4..19) that their ``svm_helper.parse_cost_list`` always appends
+PAPER_COSTS: tuple[float, ...] = (
+    *(1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0),
+    *(0.5**k for k in range(4, 20)),
+)
 PROBE_LAYERS: tuple[str, ...] = ("conv1", "conv2", "conv3", "conv4", "conv5", "pool5")
 TARGET_DIMS = 9216
 
@@ -62,7 +68,8 @@ class SVMProtocol:
     class_weight_positive: float = 2.0
     max_iter: int = 2000
     tol: float = 1e-4
-    ap_method: str = "sklearn"
+    ap_method: str = "voc_area"
+    cv_ap_method: str = "sklearn"
     difficult_in_training: str = "negative"
     id: str = PROTOCOL_ID
     version: int = PROTOCOL_VERSION
@@ -76,12 +83,12 @@ class SVMProtocol:
 
     def describe(self) -> str:
         grid = ", ".join(f"{k} {g}x{g}" for k, g in self.grids.items())
-        costs = ",".join(f"{c:g}" for c in self.costs)
+        costs = ",".join(f"{c:.3g}" for c in self.costs)
         return (
             f"{self.id} v{self.version}: frozen trunk, {self.image_size}px centre crop, {self.pooling}-pooled to "
             f"~{self.target_dims} dims ({grid}), L2-normalised, LinearSVC per class (class_weight 1:"
             f"{self.class_weight_positive:g}), cost by {self.folds}-fold CV on trainval from [{costs}], "
-            f"difficult=negative in training and ignored in test AP ({self.ap_method})"
+            f"difficult=negative in training and ignored in test AP ({self.ap_method}; CV AP {self.cv_ap_method})"
         )
 
 
@@ -175,9 +182,9 @@ def choose_cost(features: np.ndarray, y: np.ndarray, protocol: SVMProtocol, seed
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ConvergenceWarning)
                 clf = _svm(cost, protocol, seed).fit(features[tr], y[tr])
-            aps.append(average_precision(clf.decision_function(features[va]), y[va], protocol.ap_method))  # type: ignore[arg-type]
+            aps.append(average_precision(clf.decision_function(features[va]), y[va], protocol.cv_ap_method))  # type: ignore[arg-type]
         means.append(float(np.mean(aps)) if aps else math.nan)
-    finite = [(m, -i) for i, m in enumerate(means) if not math.isnan(m)]
+    finite = [(m, -i) for i, m in enumerate(means) if not math.isnan(m)]  # max: best AP, then the earliest cost
     best = protocol.costs[-max(finite)[1]] if finite else protocol.costs[len(protocol.costs) // 2]
     return best, means
 
