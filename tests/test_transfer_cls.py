@@ -179,3 +179,44 @@ def test_mismatched_weights_fail_with_message(voc_root: Path, tmp_path: Path) ->
     with pytest.raises(SystemExit, match=r"caffe\.pt does not fit the AlexNet trunk: .*shape mismatches"):
         main(_smoke_args(voc_root, tmp_path / "out", "--weights", str(tmp_path / "caffe.pt")))
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").glob("*.json"))
+
+
+def test_every_weight_source_builds_a_classifier(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    from benchmarks.commands.transfer_cls import resolve_input_norm
+    from pretrain.checkpoint import atomic_torch_save
+    from pretrain.models.alexnet import alexnet_trunk
+
+    features = alexnet_trunk()  # torchvision's alexnet().features layout (the classifier is not read)
+    trunk_sd = {k: v.contiguous() for k, v in features.state_dict().items()}
+    tv_sd = {f"features.{k}": v for k, v in trunk_sd.items()} | {"classifier.6.bias": torch.zeros(1000)}
+    torch.save(tv_sd, tmp_path / "tv.pth")
+    save_file(trunk_sd, str(tmp_path / "encoder.safetensors"), metadata={"method": "context-encoder"})
+    atomic_torch_save(
+        {"method": "autoencoder", "iteration": 3, "encoder": trunk_sd, "config": {}},
+        tmp_path / "run" / "checkpoints" / "ckpt_00000003.pt",
+    )
+    sources = {
+        "random": ("random", "minus1to1"),
+        str(tmp_path / "tv.pth"): ("torchvision", "imagenet"),
+        str(tmp_path / "encoder.safetensors"): ("context-encoder", "minus1to1"),
+        str(tmp_path / "run"): ("autoencoder", "minus1to1"),
+        str(tmp_path / "run" / "checkpoints" / "ckpt_00000003.pt"): ("autoencoder", "minus1to1"),
+    }
+    x = torch.zeros(1, 3, 67, 67)
+    for source, (method, norm) in sources.items():
+        trunk, info = load_alexnet_trunk(source)
+        assert info.method == method and resolve_input_norm("auto", info.kind) == norm
+        model = build_classifier(trunk, 20, FinetuneConfig(fc_width=16), seed=0)
+        assert model(x).shape == (1, 20)
+        if source != "random":
+            assert torch.equal(model.features[0].weight, features[0].weight)  # trunk kept, head re-initialised
+
+
+def test_help_lists_cls_and_svm_options(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["transfer", "--help"])
+    text = capsys.readouterr().out
+    for flag in ("--train-from", "--clip", "--cls-eval-crops", "--svm-costs", "--svm-primary-layer", "--classes"):
+        assert flag in text
