@@ -211,7 +211,7 @@ def test_every_weight_source_builds_a_classifier(tmp_path: Path) -> None:
         model = build_classifier(trunk, 20, FinetuneConfig(fc_width=16), seed=0)
         assert model(x).shape == (1, 20)
         if source != "random":
-            assert torch.equal(model.features.state_dict()["0.weight"], trunk_sd["0.weight"])  # trunk kept, head re-initialised
+            assert torch.equal(model.features.state_dict()["0.weight"], trunk_sd["0.weight"])  # trunk kept
 
 
 def test_help_lists_cls_and_svm_options(capsys: pytest.CaptureFixture[str]) -> None:
