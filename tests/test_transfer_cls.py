@@ -220,3 +220,24 @@ def test_help_lists_cls_and_svm_options(capsys: pytest.CaptureFixture[str]) -> N
     text = capsys.readouterr().out
     for flag in ("--train-from", "--clip", "--cls-eval-crops", "--svm-costs", "--svm-primary-layer", "--classes"):
         assert flag in text
+
+
+def test_torchvision_fc6_fc7_are_used_when_present() -> None:
+    from transfer.classification import load_pretrained_fc
+
+    trunk, _ = load_alexnet_trunk("random")
+    model = build_classifier(trunk, 20, FinetuneConfig(fc_width=64), seed=0)
+    state = {
+        "classifier.1.weight": torch.full((64, 9216), 0.5),
+        "classifier.1.bias": torch.full((64,), 0.25),
+        "classifier.4.weight": torch.ones(32, 32),  # wrong shape: fc7 stays re-initialised
+        "classifier.4.bias": torch.ones(32),
+    }
+    fc8_before = model.fc("fc8").weight.detach().clone()
+    assert load_pretrained_fc(model, state) == ["fc6"]
+    assert float(model.fc("fc6").weight.detach().min()) == 0.5 and float(
+        model.fc("fc7").bias.detach()[0]
+    ) == pytest.approx(0.1)
+    assert torch.equal(model.fc("fc8").weight.detach(), fc8_before)
+    clipped = build_classifier(load_alexnet_trunk("random")[0], 20, FinetuneConfig(clip="pool5"), seed=0)
+    assert load_pretrained_fc(clipped, state) == []

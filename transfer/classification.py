@@ -302,11 +302,17 @@ class VOCClassifier(nn.Module):
 
 
 def rescale_for_finetuning(
-    model: VOCClassifier, images: torch.Tensor, cfg: FinetuneConfig, seed: int, max_iterations: int = 10
+    model: VOCClassifier,
+    images: torch.Tensor,
+    cfg: FinetuneConfig,
+    seed: int,
+    max_iterations: int = 10,
+    pretrained_fc: tuple[str, ...] | list[str] = (),
 ) -> dict[str, Any]:
     """``--rescale``: Krähenbühl et al.'s ``magic_init -l <pretrained> -cs`` on the network below fc8.
 
-    1. fc6 and fc7 (layers the trunk does not provide) get the within-layer data-dependent init (bias 0.1);
+    1. fc6 and fc7, unless listed in ``pretrained_fc`` (magic_init only initialises layers the pretrained file
+       lacks), get the within-layer data-dependent init (bias 0.1);
     2. the between-layer scale correction rescales conv1..fc7 (conv1..conv5 with ``clip=pool5``) on the first
        ``cfg.batch_size`` images;
     fc8 keeps the protocol's N(0, 0.01) / 0.1 init, as ``train_cls.py`` adds ``fc8_cls`` after magic_init ran.
@@ -317,17 +323,40 @@ def rescale_for_finetuning(
     device = next(model.parameters()).device
     images = images.to(device)
     chain, names = model.layer_chain()
-    if model.clip == "drop7":
-        targets = [i for i, m in enumerate(chain) if m is model.fc("fc6") or m is model.fc("fc7")]
+    fresh = [n for n in ("fc6", "fc7") if n not in pretrained_fc] if model.clip == "drop7" else []
+    if fresh:
+        targets = [i for i, m in enumerate(chain) if any(m is model.fc(n) for n in fresh)]
         within_layer_init_(chain, images, targets, bias=cfg.init_bias, seed=seed + 2)
     report = between_layer_scale_correction(
         chain, images[: cfg.batch_size], max_iterations=max_iterations, seed=seed + 3, names=names
     )
     out = report.to_dict()
-    out["within_layer_init"] = ["fc6", "fc7"] if model.clip == "drop7" else []
+    out["within_layer_init"] = fresh
     out["images_within"] = int(images.shape[0])
     out["images_between"] = int(min(cfg.batch_size, images.shape[0]))
     return out
+
+
+#: torchvision AlexNet classifier indices of fc6 and fc7 (``Dropout, Linear, ReLU, Dropout, Linear, ReLU, Linear``)
+TORCHVISION_FC = {"fc6": "classifier.1", "fc7": "classifier.4"}
+
+
+@torch.no_grad()
+def load_pretrained_fc(model: VOCClassifier, state: dict[str, torch.Tensor]) -> list[str]:
+    """Copy fc6/fc7 from a torchvision AlexNet state dict when it holds them with matching shapes (Krähenbühl's
+    ``copy_from``: every layer the pretrained file provides is used; only fc8 is new). Returns the layers copied."""
+    if model.clip != "drop7":
+        return []
+    copied = []
+    for name, prefix in TORCHVISION_FC.items():
+        w, b = state.get(f"{prefix}.weight"), state.get(f"{prefix}.bias")
+        layer = model.fc(name)
+        if w is None or b is None or w.shape != layer.weight.shape or b.shape != layer.bias.shape:
+            continue
+        layer.weight.copy_(w.float())
+        layer.bias.copy_(b.float())
+        copied.append(name)
+    return copied
 
 
 def build_classifier(trunk: nn.Sequential, num_classes: int, cfg: FinetuneConfig, seed: int) -> VOCClassifier:

@@ -80,6 +80,14 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
         "stored too",
     )
     group.add_argument(
+        "--cls-pretrained-fc",
+        default="auto",
+        choices=["auto", "never"],
+        help="auto: when --weights is a torchvision AlexNet state dict that holds fc6/fc7 (classifier.1/.4) of the "
+        "right shape, start fc6/fc7 from them (Krähenbühl's copy_from; the ImageNet row); never: always "
+        "re-initialise fc6/fc7",
+    )
+    group.add_argument(
         "--cls-fc-width",
         type=int,
         default=None,
@@ -135,6 +143,7 @@ def run(args: argparse.Namespace) -> int:
         evaluate,
         finetune,
         load_classification_items,
+        load_pretrained_fc,
         rescale_for_finetuning,
         resolve_classes,
     )
@@ -175,6 +184,13 @@ def run(args: argparse.Namespace) -> int:
         fc_width=args.cls_fc_width,
     )
     model = build_classifier(trunk, len(classes), cfg, args.seed)
+    pretrained_fc: list[str] = []
+    if args.cls_pretrained_fc == "auto" and winfo.kind == "torchvision":
+        from pretrain.checkpoint import load_checkpoint
+
+        pretrained_fc = load_pretrained_fc(model, load_checkpoint(winfo.source))
+        if pretrained_fc:
+            print(f"fc layers from {winfo.source}: {', '.join(pretrained_fc)}")
     try:
         trained = model.set_trainable(cfg.train_from)
     except ValueError as exc:
@@ -205,7 +221,12 @@ def run(args: argparse.Namespace) -> int:
                 break
         model.to(device)
         rescale_report = rescale_for_finetuning(
-            model, torch.cat(batches), cfg, args.seed, max_iterations=args.rescale_iterations
+            model,
+            torch.cat(batches),
+            cfg,
+            args.seed,
+            max_iterations=args.rescale_iterations,
+            pretrained_fc=pretrained_fc,
         )
         scales = zip(rescale_report["layers"], rescale_report["weight_scale"])
         print("rescale: " + ", ".join(f"{n} x{s:.3g}" for n, s in scales))
@@ -266,9 +287,14 @@ def run(args: argparse.Namespace) -> int:
         "preset": args.preset,
         "rescale": bool(args.rescale),
         "ap_method": args.cls_ap,
+        "pretrained_fc": args.cls_pretrained_fc,
         "device": str(device),
     }
-    extra: dict[str, Any] = {"classes_without_positives": no_positives, "trained_parameters": trained}
+    extra: dict[str, Any] = {
+        "classes_without_positives": no_positives,
+        "trained_parameters": trained,
+        "pretrained_fc": pretrained_fc,
+    }
     if rescale_report is not None:
         extra["rescale"] = rescale_report
     record = make_record(
