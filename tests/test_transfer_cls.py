@@ -165,8 +165,9 @@ def test_smoke_finetune_writes_record_and_counts_skips(voc_root: Path, tmp_path:
     assert rec["task"] == "cls" and rec["protocol"]["id"] == "voc07-cls-finetune"
     assert rec["skipped"]["count"] == 1 and bad in rec["skipped"]["items"][0]
     assert rec["train_split"] == "trainval" and rec["eval_split"] == "test"
-    assert rec["primary_metric"] == "mAP" and rec["metrics"]["mAP"] == rec["metrics"]["mAP_10crop"]
-    assert {"mAP_1crop", "mAP_10crop_voc07", "mAP_1crop_voc07"} <= set(rec["metrics"])
+    assert rec["primary_metric"] == "mAP" and rec["metrics"]["mAP"] == rec["metrics"]["mAP_2crop"]
+    assert {"mAP_1crop", "mAP_2crop_voc07", "mAP_1crop_voc07"} <= set(rec["metrics"])  # smoke: 2 random crops
+    assert rec["per_class"]["AP"] == rec["per_class"]["AP_2crop"]
     assert 0.0 <= rec["metrics"]["mAP"] <= 100.0 and len(rec["per_class"]["AP"]) == 20
     assert rec["config"]["iterations"] == 3 and rec["config"]["crop_size"] == 67
     assert rec["extra"]["rescale"]["converged"] and rec["extra"]["rescale"]["layers"][-1] == "fc7"

@@ -254,7 +254,9 @@ def run(args: argparse.Namespace) -> int:
     metrics: dict[str, float] = {}
     per_class: dict[str, dict[str, float]] = {}
     no_positives: list[str] = []
-    views = {"1crop": s1} | ({"10crop": s10} if cfg.eval_crops > 0 else {})
+    # "1crop" = the centre view; the random views are named by their count ("10crop" in the paper preset)
+    random_view = f"{cfg.eval_crops}crop" if cfg.eval_crops != 1 else "1randcrop"
+    views = {"1crop": s1} | ({random_view: s10} if cfg.eval_crops > 0 else {})
     for view, scores in views.items():
         for method, suffix in ((args.cls_ap, ""), ("voc07", "_voc07")):
             m, pc, undefined = mean_average_precision(scores, labels, classes, method)  # type: ignore[arg-type]
@@ -262,7 +264,7 @@ def run(args: argparse.Namespace) -> int:
             if not math.isnan(m):
                 metrics[f"mAP_{view}{suffix}"] = _pct(m)
             per_class[f"AP_{view}{suffix}"] = {c: _pct(v) for c, v in pc.items() if not math.isnan(v)}
-    primary_view = "10crop" if cfg.eval_crops > 0 else "1crop"
+    primary_view = random_view if cfg.eval_crops > 0 else "1crop"
     if f"mAP_{primary_view}" not in metrics:
         raise SystemExit(f"error: no class has a positive image in {eval_split}; AP is undefined")
     metrics["mAP"] = metrics[f"mAP_{primary_view}"]
