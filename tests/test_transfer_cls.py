@@ -158,7 +158,8 @@ def test_smoke_finetune_writes_record_and_counts_skips(voc_root: Path, tmp_path:
     (ydir / "Annotations" / f"{bad}.xml").write_text("<annotation>")
     with pytest.raises(SystemExit, match=rf"{bad}\.xml: malformed XML"):
         main(_smoke_args(voc, tmp_path / "out"))
-    assert main(_smoke_args(voc, tmp_path / "out", "--skip-bad", "--rescale", "--iterations", "3")) == 0
+    argv = _smoke_args(voc, tmp_path / "out", "--skip-bad", "--rescale", "--iterations", "3", "--cls-save-model")
+    assert main(argv) == 0
     records = list((tmp_path / "out").glob("*.json"))
     assert len(records) == 1
     rec = read_record(records[0])
@@ -171,6 +172,8 @@ def test_smoke_finetune_writes_record_and_counts_skips(voc_root: Path, tmp_path:
     assert 0.0 <= rec["metrics"]["mAP"] <= 100.0 and len(rec["per_class"]["AP"]) == 20
     assert rec["config"]["iterations"] == 3 and rec["config"]["crop_size"] == 67
     assert rec["extra"]["rescale"]["converged"] and rec["extra"]["rescale"]["layers"][-1] == "fc7"
+    saved = torch.load(rec["extra"]["model_path"], weights_only=True)
+    assert saved["model"]["classifier.fc8.weight"].shape == (20, 256)
 
 
 def test_mismatched_weights_fail_with_message(voc_root: Path, tmp_path: Path) -> None:

@@ -94,6 +94,13 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
         help="width of fc6/fc7 (preset; paper 4096 = AlexNet; the smoke preset narrows it for CPU speed)",
     )
     group.add_argument(
+        "--cls-save-model",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="save the fine-tuned network (<out>/cls_<method>_seed<N>_final.pt) before evaluating it (preset: "
+        "paper on, smoke off)",
+    )
+    group.add_argument(
         "--rescale-iterations",
         type=int,
         default=10,
@@ -120,6 +127,22 @@ def print_table(title: str, rows: list[tuple[str, str]]) -> None:
     for key, value in rows:
         print(f"{key:<{width}}  {value}")
     print("-" * (width + 14))
+
+
+def _save_model(model: Any, out: str, name: str, cfg: Any, weights: dict[str, Any]) -> Any:
+    """Write the fine-tuned network before evaluation (atomically, never over an existing file), so that a failure
+    during evaluation loses no training."""
+    from pathlib import Path
+
+    from pretrain.checkpoint import atomic_torch_save
+
+    folder = Path(out)
+    path, n = folder / name, 2
+    while path.exists():
+        path, n = folder / f"{Path(name).stem}-{n}.pt", n + 1
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    return atomic_torch_save({"format": "context-encoders-bench/cls-finetuned", "model": state,
+                              "config": cfg.to_dict(), "weights": weights}, path)  # fmt: skip
 
 
 def _pct(x: float) -> float:
@@ -240,6 +263,10 @@ def run(args: argparse.Namespace) -> int:
 
     train_stats = finetune(model, train_loader, cfg, device, on_step)
     bar.close()
+    model_path = None
+    if args.cls_save_model:
+        model_path = _save_model(model, args.out, f"cls_{winfo.method}_seed{args.seed}_final.pt", cfg, winfo.to_dict())
+        print(f"fine-tuned model saved to {model_path}")
 
     eval_loader = DataLoader(
         VOCClassificationEval(eval_items, cfg, args.seed),
@@ -296,6 +323,7 @@ def run(args: argparse.Namespace) -> int:
         "classes_without_positives": no_positives,
         "trained_parameters": trained,
         "pretrained_fc": pretrained_fc,
+        "model_path": str(model_path) if model_path is not None else None,
     }
     if rescale_report is not None:
         extra["rescale"] = rescale_report

@@ -21,6 +21,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "cls_eval_crops": 10,
         "cls_fc_width": 4096,
         "rescale_batches": 10,
+        "cls_save_model": True,
     },
     "smoke": {
         "iterations": 6,
@@ -33,5 +34,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         "cls_eval_crops": 2,
         "cls_fc_width": 256,
         "rescale_batches": 2,
+        "cls_save_model": False,
     },
 }
