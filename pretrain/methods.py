@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 from pretrain.config import PretrainConfig
+from pretrain.distributed import all_reduce_sum
 from pretrain.losses import masked_l2_loss
 from pretrain.masks import PAPER_FILL, apply_mask, build_mask
 from pretrain.models.alexnet import alexnet_trunk, gaussian_init_
@@ -115,9 +116,13 @@ class PretrainMethod:
         return self.mask_generator.sample(n, h, w, generator).to(images.device)
 
     def check_finite(self, loss: torch.Tensor, what: str = "loss") -> None:
-        if not torch.isfinite(loss.detach()).all():
+        """Raise ``NonFiniteLossError`` when ``loss`` is not finite on this or (under torchrun) any other rank, so
+        every rank stops before a backward pass whose gradient all-reduce the others would wait for."""
+        bad = (~torch.isfinite(loss.detach().float())).any().to(torch.float32).reshape(1)
+        if all_reduce_sum(bad).item() > 0:
             raise NonFiniteLossError(
-                f"{self.name}: {what} is {loss.detach().float().item()} (not finite); stopping before the optimizer "
+                f"{self.name}: {what} is {loss.detach().float().item()} on this rank (not finite on some rank); "
+                "stopping before the optimizer "
                 "step. Lower --lr, use --precision fp32, or check the data; the last checkpoint is unchanged."
             )
 
