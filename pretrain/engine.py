@@ -257,7 +257,10 @@ def train_one_iteration(
     """One optimisation step of ``method`` with the RNGs of ``(seed, iteration, rank)``."""
     seed_everything(derive_seed(config.seed, "step", iteration, rank))
     mask_gen = torch.Generator().manual_seed(derive_seed(config.seed, "mask", iteration, rank))
-    stats = method.training_step(images, mask_gen)
+    try:
+        stats = method.training_step(images, mask_gen)
+    except NonFiniteLossError as exc:
+        raise NonFiniteLossError(f"iteration {iteration + 1}: {exc}") from exc
     loss = stats.get("loss", 0.0)
     if not math.isfinite(loss):
         raise NonFiniteLossError(f"{method.name}: loss is {loss} at iteration {iteration + 1}")
@@ -266,6 +269,8 @@ def train_one_iteration(
 
 @dataclass
 class LoopResult:
+    """Where the loop ended; ``last_stats`` are the last logged values, averaged over ranks."""
+
     iteration: int
     last_stats: dict[str, float]
     images_per_second: float
@@ -292,6 +297,7 @@ def train_loop(
     bar = progress(total=end, initial=start, desc=f"pretrain {method.name}", unit="it") if progress else None
     t_start = t_window = time.perf_counter()
     window_images, stats, iteration = 0, {}, start
+    logged: dict[str, float] = {}
     speed = 0.0
     for iteration, images in enumerate(loader, start=start):
         images = images.to(ctx.device, non_blocking=True)
@@ -305,6 +311,7 @@ def train_loop(
             now = time.perf_counter()
             speed = window_images / max(now - t_window, 1e-9)
             t_window, window_images = now, 0
+            logged = mean
             logger.log({"iteration": done, "lr": config.lr, "images_per_s": round(speed, 2), **mean})
             if bar is not None:
                 bar.set_postfix(loss=f"{mean.get('loss', float('nan')):.4f}", img_s=f"{speed:.1f}")
@@ -319,4 +326,4 @@ def train_loop(
     if bar is not None:
         bar.close()
     seconds = time.perf_counter() - t_start
-    return LoopResult(iteration=iteration, last_stats=stats, images_per_second=speed, seconds=seconds)
+    return LoopResult(iteration=iteration, last_stats=logged or stats, images_per_second=speed, seconds=seconds)

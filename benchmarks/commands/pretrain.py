@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -296,6 +297,8 @@ def run(args: argparse.Namespace) -> int:
     except (DataError, PretrainFailed, CheckpointError) as exc:
         print(f"bench pretrain: error: {exc}", file=sys.stderr)
         return 1
+    if os.environ.get("RANK", "0") != "0":
+        return 0
     keys = ("status", "iteration", "final_loss", "skipped_images", "export")
     print(json.dumps({k: summary[k] for k in keys if k in summary}))
     return 0
