@@ -122,7 +122,7 @@ class SeededDataset(Dataset[torch.Tensor]):
 # -- RNG state and checkpoints -------------------------------------------------------------------------------------
 def rng_state() -> dict[str, Any]:
     """Every global RNG state, in types ``torch.load(weights_only=True)`` accepts."""
-    np_state = np.random.get_state()
+    np_state: tuple[Any, ...] = tuple(np.random.get_state(legacy=True))
     py_state = random.getstate()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
