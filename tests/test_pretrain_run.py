@@ -300,3 +300,13 @@ def test_torchrun_two_processes_gloo(image_folder: Path, tmp_path: Path, subproc
     assert _final(out)["iteration"] == 4
     logged = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
     assert sum("loss" in r for r in logged) == 1  # rank 0 only writes the log (log-every 5 from the smoke preset)
+
+
+def test_unusable_values_are_refused_before_work(image_folder: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "bad"
+    assert _pretrain(image_folder, out, "--checkpoint-every", "0", "--dropout", "1.5") == 1
+    err = capsys.readouterr().err
+    assert "--checkpoint-every must be positive" in err and "--dropout" in err
+    assert _pretrain(image_folder, out, "--mask", "voc-shapes") == 1
+    assert "--voc-root" in capsys.readouterr().err
+    assert not out.exists()

@@ -268,8 +268,11 @@ def pretrain_main(config: Any) -> dict[str, Any]:
             f"{run_dir} already holds checkpoints ({existing[-1].name}); pass --resume to continue "
             "that run or choose another --out"
         )
-    if config.stop_after is not None and config.stop_after <= 0:
-        raise PretrainFailed("--stop-after must be a positive number of iterations")
+    problems = config.problems()
+    if problems:
+        raise PretrainFailed("; ".join(problems))
+    if config.resume and not existing:
+        print(f"--resume: {run_dir} holds no checkpoint yet, starting a new run", file=sys.stderr)
     dataset = None
     if method_cls.trains:
         if not config.data:
