@@ -92,7 +92,7 @@ def test_export_loads_in_timm_offline(run20: Path, monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     import timm
 
-    import pretrain.export  # noqa: F401  (registers alexnet_context_encoder)
+    import pretrain.timm_models  # noqa: F401  (registers alexnet_context_encoder)
 
     file = str(run20 / "encoder.safetensors")
     model = timm.create_model("alexnet_context_encoder", pretrained=True, pretrained_cfg_overlay=dict(file=file))

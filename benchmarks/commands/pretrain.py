@@ -24,7 +24,7 @@ from benchmarks.presets.pretrain import PRESETS
 HELP = "pretrain a context encoder, the autoencoder baseline or a random encoder; export the AlexNet encoder"
 DESCRIPTION = __doc__
 
-MASK_CHOICES = ("center", "random-block", "random-region", "voc-shapes")  # = pretrain.masks.MASK_CHOICES
+MASK_FALLBACK = ("center", "random-block", "random-region", "voc-shapes")
 METHOD_FALLBACK = ("context-encoder", "autoencoder", "random")
 
 
@@ -40,6 +40,14 @@ def _methods() -> dict[str, Any]:
     except ImportError:
         return {}
     return dict(METHODS)
+
+
+def _mask_choices() -> tuple[str, ...]:
+    try:
+        from pretrain.masks import MASK_CHOICES
+    except ImportError:
+        return MASK_FALLBACK
+    return tuple(MASK_CHOICES)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -96,7 +104,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     m.add_argument(
         "--mask",
         default=S,
-        choices=MASK_CHOICES,
+        choices=_mask_choices(),
         help="region dropped from the input: center (1/4 area square), random-block (blocks up to 1/4), "
         "random-region (official code: thresholded upscaled noise, 20-30%% coverage), voc-shapes (VOC2012 object "
         "shapes, the paper's description; needs --voc-root) " + _preset_help("mask"),
