@@ -28,7 +28,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from pretrain.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_FORMAT_VERSION, atomic_torch_save, load_checkpoint
+from pretrain.checkpoint import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_FORMAT_VERSION,
+    atomic_torch_save,
+    atomic_write_text,
+    load_checkpoint,
+)
 from pretrain.config import PretrainConfig
 from pretrain.distributed import DistributedContext, all_reduce_sum
 from pretrain.methods import NonFiniteLossError, PretrainMethod
@@ -223,6 +229,26 @@ class RunLogger:
             for key, value in record.items():
                 if isinstance(value, int | float) and key != "iteration":
                     self._tb.add_scalar(f"pretrain/{key}", value, record["iteration"])
+
+    def truncate_after(self, iteration: int) -> int:
+        """On ``--resume`` from ``iteration``: drop log lines of later iterations (written after the checkpoint by
+        the interrupted process; the resumed run writes them again). Returns how many lines were dropped."""
+        path = self.run_dir / "log.jsonl"
+        if not self.enabled or not path.is_file():
+            return 0
+        kept, dropped = [], 0
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # a line cut by the interruption
+                dropped += 1
+                continue
+            if "event" not in record and int(record.get("iteration", 0)) > iteration:
+                dropped += 1
+                continue
+            kept.append(line)
+        atomic_write_text(path, "".join(f"{line}\n" for line in kept))
+        return dropped
 
     def close(self) -> None:
         if self._tb is not None:

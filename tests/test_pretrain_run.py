@@ -49,7 +49,8 @@ def test_run_folder_holds_everything(run20: Path) -> None:
     from PIL import Image
 
     with Image.open(run20 / "samples" / "iter_00000020.png") as im:
-        assert im.width > im.height / 2 * 3 / 2 > 0  # 3 columns (masked | prediction | original), 2 rows
+        # torchvision make_grid, padding 2: 3 columns (masked | prediction | original) x 2 rows (the batch)
+        assert im.size == (3 * 99 + 4 * 2, 2 * 99 + 3 * 2)
     lines = [json.loads(line) for line in (run20 / "log.jsonl").read_text().splitlines()]
     logged = [r for r in lines if "loss" in r]
     assert [r["iteration"] for r in logged] == [5, 10, 15, 20]
@@ -129,11 +130,16 @@ def test_interrupted_and_resumed_run_is_bit_identical(run20: Path, image_folder:
     assert _pretrain(image_folder, out, *common, "--stop-after", "10", "--workers", "0") == 0
     assert json.loads((out / "summary.json").read_text())["status"] == "stopped"
     assert _final(out)["iteration"] == 10
+    # what an interrupted process may leave after its last checkpoint: a later log line and a cut one
+    with open(out / "log.jsonl", "a", encoding="utf-8") as fh:
+        fh.write(json.dumps({"iteration": 12, "loss": 1.0}) + "\n" + '{"iteration": 13, "lo')
     # resume in a new process state, with DataLoader workers this time: the data order must not depend on them
     torch.manual_seed(12345)
     assert _pretrain(image_folder, out, *common, "--resume", "--workers", "1") == 0
     a, b = _final(out), _final(run20)
     assert a["iteration"] == b["iteration"] == 20
+    logged = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in logged if "loss" in r] == [5, 10, 15, 20]
     assert a["model"].keys() == b["model"].keys()
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
@@ -310,3 +316,33 @@ def test_unusable_values_are_refused_before_work(image_folder: Path, tmp_path: P
     assert _pretrain(image_folder, out, "--mask", "voc-shapes") == 1
     assert "--voc-root" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_voc_source_with_voc_shape_masks(voc_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "voc"
+    rc = main(
+        [
+            "pretrain",
+            "--data",
+            f"voc:{voc_root}",
+            "--out",
+            str(out),
+            *TINY,
+            "--iterations",
+            "2",
+            "--mask",
+            "voc-shapes",
+            "--voc-root",
+            str(voc_root),
+            "--sample-every",
+            "0",
+            "--workers",
+            "0",
+        ]
+    )
+    assert rc == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["dataset_size"] > 0
+    assert 0 < summary["final_stats"]["masked_fraction"] <= 0.5
+    with safe_open(str(out / "encoder.safetensors"), framework="pt") as fh:
+        assert fh.metadata()["mask"] == "voc-shapes"

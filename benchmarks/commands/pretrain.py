@@ -317,6 +317,8 @@ def pretrain_main(config: Any) -> dict[str, Any]:
             if ctx.is_main:
                 print(f"resumed from {existing[-1]} at iteration {start}")
         logger = engine.RunLogger(run_dir, enabled=ctx.is_main, tensorboard=config.tensorboard)
+        if start > 0:
+            logger.truncate_after(start)
         end = config.iterations if config.stop_after is None else min(config.iterations, config.stop_after)
         status, result, error = "completed", None, None
         if not method_cls.trains:
