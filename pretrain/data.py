@@ -150,13 +150,15 @@ def check_image(path: str | Path) -> str | None:
                     return f"zero-size image {im.width}x{im.height}"
                 im.draft(None, (max(1, im.width // 8), max(1, im.height // 8)))
                 im.load()
-                to_rgb8(im)
+                to_rgb8(ImageOps.exif_transpose(im))
     except UnidentifiedImageError:
         return "not a recognised image"
     except Image.DecompressionBombError as exc:
         return f"too large: {exc}"
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         return f"unreadable: {exc}"
+    except Exception as exc:  # a malformed file must never stop the scan; the reason names the error
+        return f"unreadable: {type(exc).__name__}: {exc}"
     return None
 
 
@@ -213,6 +215,8 @@ class UnlabeledImageDataset(Dataset):
         paths = [Path(p) for p in paths]
         if not paths:
             raise DataError("no image files given to UnlabeledImageDataset")
+        #: number of files given (readable or not), for the run summary next to ``len(self.skipped)``
+        self.num_found = len(paths)
         if scan:
             paths = self._scan(paths, scan_workers)
         self.paths = paths
@@ -277,8 +281,8 @@ class UnlabeledImageDataset(Dataset):
             i = (index + k) % len(self.paths)
             try:
                 return self.load(i)
-            except (OSError, ValueError, SyntaxError, EOFError, DataError) as exc:
-                errors.append(f"{self.paths[i]} ({exc})")
+            except Exception as exc:  # decoders raise many types on malformed files; each one is named
+                errors.append(f"{self.paths[i]} ({type(exc).__name__}: {exc})")
                 warnings.warn(f"skipping unreadable image {self.paths[i]}: {exc}", stacklevel=2)
         raise DataError(f"{len(errors)} unreadable images in a row: {'; '.join(errors[:3])}")
 

@@ -124,7 +124,7 @@ def damaged_folder(image_folder: Path, tmp_path: Path) -> Path:
 def test_corrupt_truncated_and_empty_files_are_skipped_and_counted(damaged_folder: Path, scan_workers: int) -> None:
     with pytest.warns(UserWarning, match="skipped 4 of 28"):
         ds = build_pretrain_dataset(damaged_folder, crop_size=64, resize_short=80, scan_workers=scan_workers)
-    assert len(ds) == 24
+    assert len(ds) == 24 and ds.num_found == 28
     skipped = {Path(p).name: reason for p, reason in ds.skipped}
     assert set(skipped) == {"garbage.jpg", "truncated.jpg", "empty.png", "truncated.png"}
     assert skipped["empty.png"] == "empty file"
@@ -210,6 +210,11 @@ def test_16_bit_png_is_scaled_not_clipped(tmp_path: Path) -> None:
     expected = torch.from_numpy(np.rint(ramp16 / 257.0)).float() / 127.5 - 1
     assert torch.allclose(x[0], expected) and torch.equal(x[0], x[2])
     assert x.min() == -1 and x.max() == 1 and len(x[0, 0].unique()) == 32  # full range, no clipping at 255
+
+    # a 16-bit binary PGM in a .ppm file opens as mode "I"
+    (tmp_path / "gray16.ppm").write_bytes(b"P5\n32 32\n65535\n" + ramp16.astype(">u2").tobytes())
+    assert Image.open(tmp_path / "gray16.ppm").mode == "I"
+    assert torch.allclose(exact(tmp_path / "gray16.ppm", 32)[1], expected)
 
     rgb16 = np.zeros((32, 32, 3), np.uint16)
     rgb16[..., 2] = 65535  # BGR order for OpenCV: red channel at full scale
