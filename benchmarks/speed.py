@@ -32,6 +32,8 @@ class Workload:
     note: str = ""
     count_flops: bool = True  # False for work that is not matrix arithmetic (decoding, proposals)
     sync: Callable[[], None] = field(default=lambda: None)
+    #: name of the hot path this one feeds (the data loader feeds ``ce_step``): the report adds the ratio
+    feeds: str | None = None
 
 
 @dataclass
@@ -48,6 +50,7 @@ class Measurement:
     peak_rss_mb: float
     baseline_rss_mb: float
     note: str = ""
+    feeds: str | None = None
 
 
 def _rss_mb() -> float:
@@ -141,7 +144,12 @@ def run_worker(name: str, precision: str, device_name: str, quick: bool) -> dict
     if name.startswith("peak:"):
         workload = _peak_workloads(device, precision, quick)[name.split(":", 1)[1]]
     else:
-        workload = HOT_PATHS[name][1](device, precision, quick)
+        from benchmarks.hot_paths import HotPathUnavailable
+
+        try:
+            workload = HOT_PATHS[name][1](device, precision, quick)
+        except HotPathUnavailable as exc:
+            return {"name": name, "precision": precision, "unavailable": str(exc)}
     sync = _sync_for(device)
     workload.sync = sync
     flops = count_flops(workload.step) if workload.count_flops else None
@@ -167,6 +175,7 @@ def run_worker(name: str, precision: str, device_name: str, quick: bool) -> dict
         peak_rss_mb=peak,
         baseline_rss_mb=baseline if device.type != "cuda" else 0.0,
         note=workload.note,
+        feeds=workload.feeds,
     )
     return asdict(m)
 
@@ -212,6 +221,7 @@ def run_all(
     for r in rows:
         if r.get("gflop_per_s") and peaks.get(r["precision"]):
             r["mfu"] = r["gflop_per_s"] / peaks[r["precision"]]
+    _add_feed_ratios(rows)
     return {
         "quick": quick,
         "device": str(dev),
@@ -222,12 +232,28 @@ def run_all(
     }
 
 
+def _add_feed_ratios(rows: list[dict[str, Any]]) -> None:
+    """``feed_ratio`` = images/s of a feeder (the data loader) / images/s of the fastest measured precision of the
+    step it feeds (the most demanding consumer), both measured alone in this run."""
+    for r in rows:
+        target = r.get("feeds")
+        if not target or not r.get("images_per_s"):
+            continue
+        rates = [x["images_per_s"] for x in rows if x.get("name") == target and x.get("images_per_s")]
+        if rates:
+            r["feed_ratio"] = r["images_per_s"] / max(rates)
+            r["feeds_images_per_s"] = max(rates)
+
+
 def format_table(report: dict[str, Any]) -> str:
     head = f"{'hot path':<26}{'prec':<6}{'batch':>6}{'img/s':>10}{'GFLOP/s':>10}{'MFU':>7}{'peak MB':>9}  note"
     lines = [head, "-" * len(head)]
     for r in report["results"]:
         if "error" in r:
             lines.append(f"{r['name']:<26}{r['precision']:<6}  ERROR: {r['error'].splitlines()[-1]}")
+            continue
+        if "unavailable" in r:
+            lines.append(f"{r['name']:<26}{r['precision']:<6}  {r['unavailable']}")
             continue
         ips = f"{r['images_per_s']:.1f}" if r["images_per_step"] else "-"
         gf = f"{r['gflop_per_s']:.0f}" if r["gflop_per_s"] else "-"
@@ -236,6 +262,8 @@ def format_table(report: dict[str, Any]) -> str:
             f"{r['name']:<26}{r['precision']:<6}{r['images_per_step'] or '-':>6}{ips:>10}{gf:>10}{mfu:>7}"
             f"{r['peak_rss_mb']:>9.0f}  {r['note']}"
         )
+        if r.get("feed_ratio"):
+            lines[-1] += f"; {r['feed_ratio']:.1f}x the {r['feeds']} rate ({r['feeds_images_per_s']:.1f} img/s)"
     peaks = ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in report["peak_gflop_per_s"].items())
     lines.append(f"measured peak: {peaks}  (device {report['device']}, quick={report['quick']})")
     return "\n".join(lines)
@@ -250,4 +278,8 @@ def _main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(_main(sys.argv[1:]))
+    # run through the importable module: the hot paths register into ``benchmarks.speed.HOT_PATHS``, not into
+    # this ``__main__`` copy
+    from benchmarks.speed import _main as _module_main
+
+    sys.exit(_module_main(sys.argv[1:]))

@@ -28,6 +28,8 @@ RESUME_MUTABLE_FIELDS: frozenset[str] = frozenset(
         "keep_checkpoints",
         "tensorboard",
         "scan_workers",
+        "cache_dir",
+        "channels_last",
         "data",
         "voc_root",
     }
@@ -70,6 +72,11 @@ class PretrainConfig:
     device: str = "auto"
     workers: int = 2
     scan_workers: int = 0
+    #: pre-resized uint8 image cache for repeated epochs (``pretrain.data.UnlabeledImageDataset``); None = off
+    cache_dir: str | None = None
+    #: networks and inputs in channels-last memory layout (same arithmetic, faster convolutions; see
+    #: docs/performance.md)
+    channels_last: bool = True
     # bookkeeping
     log_every: int = 20
     sample_every: int = 1000

@@ -18,6 +18,7 @@ give the same crops and flips in every run. Details and every choice the paper l
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import warnings
@@ -191,6 +192,13 @@ class UnlabeledImageDataset(Dataset):
     empty files are dropped with one warning and listed in ``self.skipped`` as ``(path, reason)``; ``DataError``
     when none is readable. Without a scan (or if a file breaks later) ``__getitem__`` warns and returns the next
     readable item instead, up to ``max_retries`` files on.
+
+    ``cache_dir``: a pre-resized uint8 cache for repeated epochs. The decoded image resized to its target short
+    side is stored once as ``<cache_dir>/<key>.npy`` (``H x W x 3`` uint8; the key hashes the file's path, size
+    and modification time and the resize settings, so an edited image or a different ``resize_short`` never reads
+    a stale entry) and later epochs only memory-map it, crop and flip. The crops are identical with and without the
+    cache (the same RNG draws on the same pixels). Entries are written atomically by whichever worker first needs
+    them, or all at once by ``build_cache()``.
     """
 
     def __init__(
@@ -203,6 +211,7 @@ class UnlabeledImageDataset(Dataset):
         scan_workers: int = 0,
         jpeg_draft: bool = True,
         max_retries: int = 10,
+        cache_dir: str | Path | None = None,
     ) -> None:
         if crop_size < 1:
             raise ValueError(f"crop_size must be >= 1, got {crop_size}")
@@ -213,6 +222,9 @@ class UnlabeledImageDataset(Dataset):
         self.flip = flip
         self.jpeg_draft = jpeg_draft
         self.max_retries = max_retries
+        self.cache_dir = None if cache_dir is None else Path(cache_dir).expanduser()
+        if self.cache_dir is not None:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
         self.skipped: list[tuple[str, str]] = []
         paths = [Path(p) for p in paths]
         if not paths:
@@ -252,8 +264,41 @@ class UnlabeledImageDataset(Dataset):
         target = short if self.resize_short is None else self.resize_short
         return max(target, self.crop_size)
 
-    def load(self, index: int) -> torch.Tensor:
-        """The augmented image ``index`` (raises on an unreadable file)."""
+    def cache_path(self, index: int) -> Path | None:
+        """Where image ``index``'s resized uint8 copy lives in ``cache_dir`` (None without a cache)."""
+        if self.cache_dir is None:
+            return None
+        path = self.paths[index]
+        st = path.stat()
+        key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{self.resize_short}|{self.crop_size}|{self.jpeg_draft}"
+        return self.cache_dir / f"{hashlib.sha1(key.encode()).hexdigest()}.npy"
+
+    def resized(self, index: int) -> np.ndarray:
+        """Image ``index`` decoded and resized to its target short side: uint8 ``[H, W, 3]`` (read from / written
+        to the cache when there is one; a cached array is a read-only memory map)."""
+        cached = self.cache_path(index)
+        if cached is not None and cached.is_file():
+            try:
+                return np.load(cached, mmap_mode="r")
+            except (OSError, ValueError):  # a damaged entry is rebuilt below
+                pass
+        arr = self._decode_resized(index)
+        if cached is not None:
+            tmp = cached.with_name(f"{cached.stem}.{os.getpid()}.tmp.npy")
+            np.save(tmp, arr)
+            os.replace(tmp, cached)
+        return arr
+
+    def build_cache(self) -> int:
+        """Fill the cache for every image now (instead of during the first epoch); returns how many were written."""
+        if self.cache_dir is None:
+            raise ValueError("build_cache() needs a cache_dir")
+        todo = [i for i in range(len(self.paths)) if not self.cache_path(i).is_file()]  # type: ignore[union-attr]
+        for i in todo:
+            self.resized(i)
+        return len(todo)
+
+    def _decode_resized(self, index: int) -> np.ndarray:
         path = self.paths[index]
         # the draft fast path only when the image is resized anyway (resize_short=None keeps full resolution)
         hint = None if self.resize_short is None else max(self.resize_short, self.crop_size)
@@ -267,15 +312,20 @@ class UnlabeledImageDataset(Dataset):
             new_w = target if w == short else max(target, round(w * target / short))
             new_h = target if h == short else max(target, round(h * target / short))
             im = im.resize((new_w, new_h), Image.Resampling.BILINEAR)
-            w, h = new_w, new_h
+        return np.asarray(im, dtype=np.uint8)
+
+    def load(self, index: int) -> torch.Tensor:
+        """The augmented image ``index`` (raises on an unreadable file)."""
+        arr = self.resized(index)
+        h, w = arr.shape[:2]
         c = self.crop_size
         x0 = int(torch.randint(0, w - c + 1, (1,)).item())
         y0 = int(torch.randint(0, h - c + 1, (1,)).item())
-        im = im.crop((x0, y0, x0 + c, y0 + c))
+        crop = arr[y0 : y0 + c, x0 : x0 + c]
         if self.flip and float(torch.rand(1).item()) < 0.5:
-            im = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        arr = np.array(im, dtype=np.uint8)
-        return torch.from_numpy(arr).permute(2, 0, 1).float().div_(127.5).sub_(1.0)
+            crop = crop[:, ::-1]
+        out = torch.from_numpy(np.array(crop, dtype=np.uint8))  # a writable contiguous copy of the crop
+        return out.permute(2, 0, 1).float().div_(127.5).sub_(1.0)
 
     def __getitem__(self, index: int) -> torch.Tensor:
         errors = []
@@ -295,9 +345,11 @@ def build_pretrain_dataset(
     resize_short: int | None,
     flip: bool = True,
     scan_workers: int = 0,
+    cache_dir: str | Path | None = None,
 ) -> UnlabeledImageDataset:
     """``find_images(source)`` then a scanned ``UnlabeledImageDataset`` (``DataError`` before any training work
-    when the source is missing, empty or holds no readable image)."""
+    when the source is missing, empty or holds no readable image). ``cache_dir``: the pre-resized uint8 cache
+    (``UnlabeledImageDataset``)."""
     return UnlabeledImageDataset(
         find_images(source),
         crop_size=crop_size,
@@ -305,4 +357,5 @@ def build_pretrain_dataset(
         flip=flip,
         scan=True,
         scan_workers=scan_workers,
+        cache_dir=cache_dir,
     )

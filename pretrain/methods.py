@@ -91,16 +91,32 @@ class PretrainMethod:
         raise KeyError(f"{type(self).__name__} declares no option {name!r}")
 
     def add_network(self, name: str, module: nn.Module) -> nn.Module:
+        """Register ``module`` (moved to the device, in channels-last layout when ``config.channels_last``)."""
         module = module.to(self.device)
+        if self.config.channels_last:
+            module = module.to(memory_format=torch.channels_last)
         self.networks[name] = module
         self._bare[name] = module
         return module
 
     def adam(self, params: Iterator[nn.Parameter], lr: float) -> torch.optim.Adam:
-        """Adam with the run's betas and weight decay (PAPER.md §2: beta1 0.5 in the official code)."""
+        """Adam with the run's betas and weight decay (PAPER.md §2: beta1 0.5 in the official code). The fused
+        implementation (one kernel for all parameters, CPU and CUDA) computes the same update as the per-parameter
+        loop and is several times faster on CPU."""
         return torch.optim.Adam(
-            params, lr=lr, betas=(self.config.beta1, self.config.beta2), weight_decay=self.config.weight_decay
+            params,
+            lr=lr,
+            betas=(self.config.beta1, self.config.beta2),
+            weight_decay=self.config.weight_decay,
+            fused=True if self.device.type in ("cpu", "cuda") else None,
         )
+
+    def to_layout(self, images: torch.Tensor) -> torch.Tensor:
+        """``images`` in the networks' memory layout (channels-last when ``config.channels_last``; a pure layout
+        change, the values are the same)."""
+        if self.config.channels_last and images.dim() == 4:
+            return images.contiguous(memory_format=torch.channels_last)
+        return images
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         """Autocast to bfloat16 when ``--precision bf16`` (CPU and CUDA), a no-op for fp32."""
@@ -234,8 +250,8 @@ class _ReconstructionMethod(PretrainMethod):
             mask = torch.ones(images.shape[0], 1, *images.shape[2:], dtype=torch.bool, device=images.device)
             inputs = images
         with self.autocast():
-            pred = self.networks["model"](inputs)
-        pred = pred.float()
+            pred = self.networks["model"](self.to_layout(inputs))
+        pred = pred.float().contiguous()
         target = images
         if pred.shape[-1] != images.shape[-1]:  # output_align="none": compare with the centre crop
             target, mask = _centre_crop(images, pred.shape[-1]), _centre_crop(mask, pred.shape[-1])
@@ -285,8 +301,8 @@ class AutoencoderMethod(_ReconstructionMethod):
 
     def training_step(self, images: torch.Tensor, generator: torch.Generator) -> dict[str, float]:
         with self.autocast():
-            pred = self.networks["model"](images)
-        pred = pred.float()
+            pred = self.networks["model"](self.to_layout(images))
+        pred = pred.float().contiguous()
         target = images if pred.shape[-1] == images.shape[-1] else _centre_crop(images, pred.shape[-1])
         loss = masked_l2_loss(pred, target, None)
         self.step(loss, "model")

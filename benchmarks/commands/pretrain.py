@@ -93,6 +93,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=S,
         help="threads that check image files before training (default 0: scan in the main thread)",
     )
+    io.add_argument(
+        "--cache-dir",
+        default=S,
+        metavar="DIR",
+        help="pre-resized uint8 image cache: each image decoded and resized to --resize-short once, stored as "
+        "DIR/<key>.npy and memory-mapped in later epochs (same crops as without it; default: no cache). Reusable "
+        "across runs with the same --resize-short and --crop-size",
+    )
 
     m = parser.add_argument_group("method and masks")
     m.add_argument(
@@ -181,6 +189,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     x.add_argument("--device", default=S, help="auto (CUDA when available; default), cpu, cuda, cuda:N")
     x.add_argument("--workers", type=int, default=S, help="DataLoader worker processes " + _preset_help("workers"))
+    x.add_argument(
+        "--no-channels-last",
+        dest="channels_last",
+        action="store_false",
+        default=S,
+        help="keep networks and inputs in the contiguous NCHW layout (default: channels-last, the same arithmetic "
+        "with faster convolutions; docs/performance.md)",
+    )
     x.add_argument(
         "--log-every", type=int, default=S, help="iterations between log.jsonl lines " + _preset_help("log_every")
     )
@@ -287,7 +303,12 @@ def pretrain_main(config: Any) -> dict[str, Any]:
             raise PretrainFailed(f"--data is required for --method {config.method}")
         # the data are scanned before anything is written: a missing or empty folder is an error here
         dataset = build_pretrain_dataset(
-            config.data, config.crop_size, config.resize_short, flip=config.flip, scan_workers=config.scan_workers
+            config.data,
+            config.crop_size,
+            config.resize_short,
+            flip=config.flip,
+            scan_workers=config.scan_workers,
+            cache_dir=config.cache_dir,
         )
 
     ctx = init_distributed(config.device)
