@@ -49,8 +49,27 @@ def clean_boxes(boxes: np.ndarray, width: int, height: int, min_size: int = MIN_
     return np.ascontiguousarray(boxes[keep])
 
 
-def selective_search(image_bgr: np.ndarray, mode: str = "fast") -> np.ndarray:
-    """Raw selective-search boxes ``[N, 4]`` (0-based inclusive xyxy, in ranking order) of a BGR uint8 image."""
+def _seed_c_rand(seed: int) -> bool:
+    """Seed the C library's ``rand()``, which OpenCV's selective search uses to rank its boxes; ``False`` if the C
+    library cannot be reached (the ranking order is then not reproducible, the set of boxes still is)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or ctypes.util.find_library("msvcrt"))
+        libc.srand(ctypes.c_uint(seed))
+    except (OSError, AttributeError, TypeError):
+        return False
+    return True
+
+
+def selective_search(image_bgr: np.ndarray, mode: str = "fast", seed: int = 0) -> np.ndarray:
+    """Raw selective-search boxes ``[N, 4]`` (0-based inclusive xyxy, in ranking order) of a BGR uint8 image.
+
+    As in Uijlings et al.'s code, OpenCV ranks the boxes by hierarchy level times a random number (C ``rand()``);
+    the C generator is seeded with ``seed`` right before, so the order, and thus which boxes a cap keeps, does not
+    depend on how many images a process handled before (or on the number of workers).
+    """
     import cv2
 
     if mode not in PROPOSAL_MODES:
@@ -61,6 +80,7 @@ def selective_search(image_bgr: np.ndarray, mode: str = "fast") -> np.ndarray:
         ss.switchToSelectiveSearchFast()
     else:
         ss.switchToSelectiveSearchQuality()
+    _seed_c_rand(seed)
     rects = np.asarray(ss.process(), dtype=np.float32).reshape(-1, 4)  # x, y, w, h
     return np.stack([rects[:, 0], rects[:, 1], rects[:, 0] + rects[:, 2] - 1, rects[:, 1] + rects[:, 3] - 1], 1)
 
