@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import pytest
@@ -21,11 +22,11 @@ G2 = [20, 20, 29, 29]
 FAR = [50, 50, 59, 59]
 
 
-def gt(boxes: list[list[float]], difficult: list[bool] | None = None) -> GroundTruth:
+def gt(boxes: Sequence[Sequence[float]], difficult: list[bool] | None = None) -> GroundTruth:
     return GroundTruth(np.array(boxes, float).reshape(-1, 4), np.array(difficult or [False] * len(boxes)))
 
 
-def dets(items: list[tuple[str, float, list[float]]]) -> ClassDetections:
+def dets(items: Sequence[tuple[str, float, Sequence[float]]]) -> ClassDetections:
     return ClassDetections(
         [i for i, _, _ in items], np.array([s for _, s, _ in items]), np.array([b for *_, b in items])
     )

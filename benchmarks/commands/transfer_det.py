@@ -28,25 +28,27 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
         default=None,
         metavar="DIR",
         help="proposal cache folder (one .npy per image; interrupted passes resume, later runs reuse it). "
-        "Default: OUT/proposals; pass a shared folder to reuse proposals across runs",
+        "None: OUT/proposals; pass a shared folder to reuse proposals across runs",
     )
     group.add_argument(
         "--proposal-mode",
         default="fast",
         choices=["fast", "quality"],
-        help="OpenCV selective-search mode; Fast R-CNN used the fast mode (default: fast)",
+        help="OpenCV selective-search mode; fast is Fast R-CNN's setting, quality has higher recall and is slower",
     )
     group.add_argument(
         "--max-proposals",
         type=int,
+        metavar="N",
         default=None,
         help="keep the first N proposals per image in selective-search order (preset; paper: 2000, Fast R-CNN's ~2k)",
     )
     group.add_argument(
         "--proposal-workers",
         type=int,
+        metavar="N",
         default=None,
-        help="worker processes for selective search (default: the number of CPU cores; 1 computes in-process)",
+        help="worker processes for selective search (None: the number of CPU cores; 1 computes in-process)",
     )
     group.add_argument(
         "--rcnn-mat",
@@ -86,7 +88,7 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
         "--det-input-norm",
         default="minus-one-one",
         choices=["minus-one-one", "imagenet"],
-        help="input normalisation matching the pretraining: [-1, 1] (context encoder, default) or ImageNet mean/std",
+        help="input normalisation matching the pretraining: [-1, 1] (the context encoder's range) or ImageNet mean/std",
     )
     group.add_argument(
         "--det-score-threshold",
@@ -102,13 +104,13 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
         help="width of the re-initialised fc6 and fc7 (preset; paper: 4096 as AlexNet/Fast R-CNN; smoke: 512)",
     )
     group.add_argument(
-        "--det-nms", type=float, default=0.3, help="per-class NMS IoU threshold at test time (default 0.3, Fast R-CNN)"
+        "--det-nms", type=float, default=0.3, help="per-class NMS IoU threshold at test time (Fast R-CNN: 0.3)"
     )
     group.add_argument(
         "--det-max-per-image",
         type=int,
         default=100,
-        help="keep the highest-scoring N detections per image over all classes (default 100, py-faster-rcnn)",
+        help="keep the highest-scoring N detections per image over all classes (py-faster-rcnn: 100)",
     )
 
 
@@ -176,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
         has_training_rois,
         load_detection_split,
     )
-    from transfer.detection.evaluate import TestConfig, evaluate, write_voc_results
+    from transfer.detection.evaluate import EvalConfig, evaluate, write_voc_results
     from transfer.detection.model import FastRCNN, freeze_trunk, parameter_groups
     from transfer.detection.proposals import ProposalError
     from transfer.detection.train import NonFiniteLossError, TrainConfig, train
@@ -250,7 +252,7 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"error: {exc}") from exc
     atomic_torch_save({"model": model.state_dict(), "config": _config(args)}, out / "fast_rcnn.pt")
 
-    test_cfg = TestConfig(
+    test_cfg = EvalConfig(
         scale=args.det_scale,
         max_size=args.det_max_size,
         norm=args.det_input_norm,

@@ -33,7 +33,7 @@ from transfer.detection_ap import ClassDetections, GroundTruth, evaluate_detecti
 
 
 @dataclass(frozen=True)
-class TestConfig:
+class EvalConfig:
     scale: int = 600
     max_size: int = 1000
     norm: str = "minus-one-one"
@@ -46,7 +46,7 @@ class TestConfig:
 
 @torch.no_grad()
 def detect_image(
-    model: nn.Module, image: DetectionImage, cfg: TestConfig, device: torch.device, coder: BoxCoder | None = None
+    model: nn.Module, image: DetectionImage, cfg: EvalConfig, device: torch.device, coder: BoxCoder | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Detections of one image: ``(boxes [D, 4] 0-based, scores [D], labels [D] in 1..C)`` in original pixels."""
     model.eval()
@@ -91,7 +91,7 @@ def evaluate(
     model: nn.Module,
     images: Sequence[DetectionImage],
     classes: Sequence[str],
-    cfg: TestConfig,
+    cfg: EvalConfig,
     device: torch.device,
     progress: bool = True,
 ) -> tuple[dict[str, object], dict[str, ClassDetections]]:

@@ -76,7 +76,8 @@ class FastRCNN(nn.Module):
         return self.features(images)
 
     def forward_rois(self, features: torch.Tensor, rois: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        pooled = self.roi_pool(features, rois.to(features.dtype))
+        # RoI pooling in fp32: torchvision's CPU kernel has no bf16 version (on CUDA autocast casts it to fp32 too)
+        pooled = self.roi_pool(features.float(), rois.float())
         h = self.head(pooled)
         return self.cls_score(h), self.bbox_pred(h)
 
