@@ -226,3 +226,38 @@ def test_smoke_transfer_det_writes_a_valid_record(det_tree: dict, tmp_path: Path
     lines = [line.split() for f in results for line in f.read_text().splitlines()]
     assert len(lines) == record["extra"]["detections"] > 0 and all(len(parts) == 6 for parts in lines)
     assert (out / "fast_rcnn.pt").is_file()
+
+
+def test_rcnn_mat_files_feed_the_proposal_cache(det_tree: dict, tmp_path: Path) -> None:
+    import argparse
+
+    import scipy.io
+
+    from benchmarks.commands.transfer_det import _proposal_source
+
+    year_dir, cache = det_tree["year_dir"], det_tree["cache"]
+    for split in ("trainval", "test"):
+        ids = read_image_set(year_dir, split)
+        boxes = np.empty(len(ids), dtype=object)
+        for k, i in enumerate(ids):
+            b = cache.load(i)[:50]
+            boxes[k] = b[:, (1, 0, 3, 2)] + 1.0  # back to R-CNN's 1-based y1 x1 y2 x2
+        scipy.io.savemat(tmp_path / f"voc_2007_{split}.mat", {"boxes": boxes})  # no 'images': split order
+    args = argparse.Namespace(proposals=str(tmp_path / "cache"), out=str(tmp_path), rcnn_mat=str(tmp_path))
+    mat_cache, info = _proposal_source(args, year_dir, ["trainval", "test"])
+    assert info["source"] == "rcnn-mat" and info["imported"] == 60
+    some = read_image_set(year_dir, "test")[5]
+    np.testing.assert_array_equal(mat_cache.load(some), cache.load(some)[:50])
+    with pytest.raises(SystemExit, match=r"voc_2007_val\.mat"):
+        _proposal_source(args, year_dir, ["val"])
+
+
+def test_cli_errors_name_the_bad_argument_before_any_work(det_tree: dict, tmp_path: Path) -> None:
+    from benchmarks.cli import main
+
+    base = ["transfer", "--task", "det", "--preset", "smoke", "--out", str(tmp_path / "out")]
+    with pytest.raises(SystemExit, match=r"nope\.safetensors"):
+        main([*base, "--voc-root", str(det_tree["root"]), "--weights", str(tmp_path / "nope.safetensors")])
+    assert not (tmp_path / "out" / "proposals").exists()  # failed before the proposal pass
+    with pytest.raises(SystemExit, match="does not exist"):
+        main([*base, "--voc-root", str(tmp_path / "missing"), "--weights", "random"])

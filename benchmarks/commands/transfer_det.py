@@ -199,6 +199,10 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     torch.manual_seed(args.seed)
 
+    try:  # the weights first: a wrong path fails before the long proposal pass
+        trunk, weights_info = load_alexnet_trunk(args.weights, seed=args.seed)
+    except WeightsError as exc:
+        raise SystemExit(f"error: {exc}") from exc
     try:
         year_dir = resolve_year_dir(args.voc_root, "2007")
         cache, proposal_info = _proposal_source(args, year_dir, [args.train_split, args.eval_split])
@@ -227,10 +231,6 @@ def run(args: argparse.Namespace) -> int:
     if not eval_images:
         raise SystemExit(f"error: no usable image in VOC2007 {args.eval_split}")
 
-    try:
-        trunk, weights_info = load_alexnet_trunk(args.weights, seed=args.seed)
-    except WeightsError as exc:
-        raise SystemExit(f"error: {exc}") from exc
     model = FastRCNN(trunk, hidden=args.det_fc_dim, seed=args.seed)
     frozen = freeze_trunk(model, args.det_freeze_through)
     model.to(device)
