@@ -20,12 +20,14 @@ from transfer.detection.data import (
     TrainBatchSampler,
     collate_detection,
     has_training_rois,
+    image_scale,
     load_detection_split,
 )
-from transfer.detection.evaluate import EvalConfig, detect_image, evaluate
+from transfer.detection.evaluate import EvalConfig, detect_image, evaluate, ground_truth_by_class
 from transfer.detection.model import FastRCNN, freeze_trunk, parameter_groups
 from transfer.detection.proposals import ProposalCache, compute_proposals
 from transfer.detection.train import fast_rcnn_loss, train_step
+from transfer.detection_ap import ClassDetections, evaluate_detections
 from transfer.records import read_record
 from transfer.voc import VOC_CLASSES, VOCError, image_path, read_image_set, resolve_year_dir
 from transfer.weights import load_alexnet_trunk
@@ -39,8 +41,8 @@ def _edit_xml(path: Path, edit: Callable[[ET.Element], None]) -> None:
 
 @pytest.fixture(scope="module")
 def det_tree(tmp_path_factory: pytest.TempPathFactory, voc_root: Path) -> dict[str, object]:
-    """A copy of the fixture tree with a test image without objects, a train box reaching outside its image, and a
-    proposal cache (computed once) in which one test image has no proposals."""
+    """A copy of the fixture tree with a test image without objects, a train box reaching outside its image, one
+    entirely outside, and a proposal cache (computed once) in which one test image has no proposals."""
     root = tmp_path_factory.mktemp("det") / "voc"
     shutil.copytree(voc_root, root)
     year_dir = resolve_year_dir(root, "2007")
@@ -58,7 +60,15 @@ def det_tree(tmp_path_factory: pytest.TempPathFactory, voc_root: Path) -> dict[s
         bnd.find("xmax").text = str(width + 40)  # type: ignore[union-attr]
         bnd.find("ymin").text = "-5"  # type: ignore[union-attr]
 
+    def move_away(xml: ET.Element) -> None:
+        width = int(xml.findtext("size/width") or 0)
+        bnd = xml.find("object/bndbox")
+        assert bnd is not None
+        bnd.find("xmin").text = str(width + 10)  # type: ignore[union-attr]
+        bnd.find("xmax").text = str(width + 50)  # type: ignore[union-attr]
+
     _edit_xml(year_dir / "Annotations" / f"{no_objects}.xml", drop_objects)
+    _edit_xml(year_dir / "Annotations" / f"{train_ids[1]}.xml", move_away)
     _edit_xml(year_dir / "Annotations" / f"{outside}.xml", push_outside)
     cache = ProposalCache(root.parent / "proposals", "fast")
     images = {i: image_path(year_dir, i) for i in dict.fromkeys(train_ids + test_ids)}
@@ -83,7 +93,8 @@ def test_loading_counts_bad_input_instead_of_crashing(det_tree: dict) -> None:
     year_dir, cache = det_tree["year_dir"], det_tree["cache"]
     train, train_report = load_detection_split(year_dir, "trainval", _proposals(cache))
     test, test_report = load_detection_split(year_dir, "test", _proposals(cache))
-    assert train_report.clipped_boxes == 1 and train_report.images == len(train) == 40
+    assert train_report.clipped_boxes == 1 and train_report.dropped_boxes == 1  # reaching out / entirely outside
+    assert train_report.images == len(train) == 40
     clipped = next(im for im in train if im.image_id == det_tree["outside"])
     assert clipped.boxes[:, 2].max() <= clipped.width - 1 and clipped.boxes[:, 1].min() >= 0
     assert test_report.no_objects == 1 and test_report.no_proposals == 1 and len(test) == 20
@@ -261,3 +272,52 @@ def test_cli_errors_name_the_bad_argument_before_any_work(det_tree: dict, tmp_pa
     assert not (tmp_path / "out" / "proposals").exists()  # failed before the proposal pass
     with pytest.raises(SystemExit, match="does not exist"):
         main([*base, "--voc-root", str(tmp_path / "missing"), "--weights", "random"])
+
+
+class _OracleDetector(torch.nn.Module):
+    """Stands in for a perfectly trained head: for each RoI it outputs the class and the regression deltas of the
+    ground-truth box it overlaps most (IoU >= 0.5). Exercises scaling, decoding, clipping, NMS and AP together."""
+
+    def __init__(self, image: DetectionImage, factor: float) -> None:
+        super().__init__()
+        self.gt, self.labels, self.factor = torch.from_numpy(image.boxes), torch.from_numpy(image.labels), factor
+
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        return images
+
+    def forward_rois(self, features: torch.Tensor, rois: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        boxes = rois[:, 1:] / self.factor  # back to original pixels
+        logits, deltas = torch.zeros(len(rois), 21), torch.zeros(len(rois), 84)
+        if len(self.gt):
+            iou, j = box_iou_inclusive(boxes, self.gt).max(dim=1)
+            cls = torch.where(iou >= 0.5, self.labels[j], torch.zeros_like(j))
+            logits[torch.arange(len(rois)), cls] = 10.0 + iou  # better-overlapping RoIs score higher
+            enc = BoxCoder().encode(boxes, self.gt[j])
+            for k in range(4):
+                deltas[torch.arange(len(rois)), 4 * cls + k] = enc[:, k]
+        else:
+            logits[:, 0] = 10.0
+        return logits, deltas
+
+
+def test_a_perfect_detector_scores_100_map(det_tree: dict) -> None:
+    images, _ = load_detection_split(det_tree["year_dir"], "test", _proposals(det_tree["cache"], cap=100))
+    cfg = EvalConfig(scale=128, max_size=200)
+    per_image = {}
+    for im in images:  # ground truth among the proposals, so every object is reachable
+        im.proposals = np.concatenate([im.boxes, im.proposals])
+        factor = image_scale(im.width, im.height, cfg.scale, cfg.max_size)
+        boxes, scores, labels = detect_image(_OracleDetector(im, factor), im, cfg, torch.device("cpu"))
+        per_image[im.image_id] = (boxes, scores, labels)
+        if len(im.boxes):
+            # one detection per object after NMS, exactly on it (clipping and decoding are exact inverses)
+            assert len(boxes) == len(im.boxes)
+            np.testing.assert_allclose(np.sort(boxes, axis=0), np.sort(im.boxes, axis=0), atol=1e-3)
+    detections = {}
+    for k, cls in enumerate(VOC_CLASSES, start=1):
+        items = [(i, b, sc) for i, (bs, ss, ls) in per_image.items() for b, sc, lab in zip(bs, ss, ls) if lab == k]
+        detections[cls] = ClassDetections(
+            [i for i, _, _ in items], np.array([sc for *_, sc in items]), np.array([b for _, b, _ in items])
+        )
+    result = evaluate_detections(detections, ground_truth_by_class(images, VOC_CLASSES), VOC_CLASSES)
+    assert result["mAP"] == pytest.approx(100.0) and result["mAP_auc"] == pytest.approx(100.0)

@@ -107,6 +107,9 @@ def load_detection_split(
                 report.unknown_class_objects += 1
                 continue
             x1, y1, x2, y2 = obj.box
+            if x2 < max(x1, 0) or y2 < max(y1, 0) or x1 > min(x2, w - 1) or y1 > min(y2, h - 1):
+                report.dropped_boxes += 1  # inverted, or entirely outside the image
+                continue
             cx1, cy1, cx2, cy2 = (
                 min(max(x1, 0), w - 1),
                 min(max(y1, 0), h - 1),
@@ -115,9 +118,6 @@ def load_detection_split(
             )
             if (cx1, cy1, cx2, cy2) != (x1, y1, x2, y2):
                 report.clipped_boxes += 1
-            if cx2 < cx1 or cy2 < cy1:
-                report.dropped_boxes += 1
-                continue
             boxes.append((cx1, cy1, cx2, cy2))
             labels.append(index[obj.name])
             difficult.append(obj.difficult)
