@@ -86,9 +86,10 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
     )
     group.add_argument(
         "--det-input-norm",
-        default="minus-one-one",
-        choices=["minus-one-one", "imagenet"],
-        help="input normalisation matching the pretraining: [-1, 1] (the context encoder's range) or ImageNet mean/std",
+        default="auto",
+        choices=["auto", "minus-one-one", "imagenet"],
+        help="input normalisation matching the pretraining: [-1, 1] (how `bench pretrain` trains) or torchvision's "
+        "ImageNet mean/std; auto: imagenet for torchvision state dicts, minus-one-one otherwise",
     )
     group.add_argument(
         "--det-score-threshold",
@@ -203,6 +204,8 @@ def run(args: argparse.Namespace) -> int:
         trunk, weights_info = load_alexnet_trunk(args.weights, seed=args.seed)
     except WeightsError as exc:
         raise SystemExit(f"error: {exc}") from exc
+    if args.det_input_norm == "auto":
+        args.det_input_norm = "imagenet" if weights_info.kind == "torchvision" else "minus-one-one"
     try:
         year_dir = resolve_year_dir(args.voc_root, "2007")
         cache, proposal_info = _proposal_source(args, year_dir, [args.train_split, args.eval_split])
