@@ -232,7 +232,7 @@ def test_smoke_transfer_det_writes_a_valid_record(det_tree: dict, tmp_path: Path
     assert record["extra"]["eval_data"]["no_objects"] == 1 and record["extra"]["eval_data"]["no_proposals"] == 1
     assert record["extra"]["train_data"]["clipped_boxes"] == 1 and record["extra"]["train"]["iterations"] == 3
     assert record["config"]["det_fc_dim"] == 512 and record["weights"]["method"] == "random"
-    assert record["config"]["det_input_norm"] == "minus-one-one"  # auto, for non-torchvision weights
+    assert record["config"]["input_norm"] == "minus1to1"  # auto, for non-torchvision weights
     results = sorted((out / "results").glob("comp4_det_test_*.txt"))
     assert len(results) == 20
     lines = [line.split() for f in results for line in f.read_text().splitlines()]

@@ -85,13 +85,6 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
         "models (paper §4.5), so conv1 is frozen by default",
     )
     group.add_argument(
-        "--det-input-norm",
-        default="auto",
-        choices=["auto", "minus-one-one", "imagenet"],
-        help="input normalisation matching the pretraining: [-1, 1] (how `bench pretrain` trains) or torchvision's "
-        "ImageNet mean/std; auto: imagenet for torchvision state dicts, minus-one-one otherwise",
-    )
-    group.add_argument(
         "--det-score-threshold",
         type=float,
         default=None,
@@ -183,6 +176,7 @@ def run(args: argparse.Namespace) -> int:
     from transfer.detection.model import FastRCNN, freeze_trunk, parameter_groups
     from transfer.detection.proposals import ProposalError
     from transfer.detection.train import NonFiniteLossError, TrainConfig, train
+    from transfer.input_norm import resolve_input_norm
     from transfer.records import make_record, write_record
     from transfer.voc import VOC_CLASSES, VOCError, resolve_year_dir
     from transfer.weights import WeightsError, load_alexnet_trunk
@@ -204,8 +198,7 @@ def run(args: argparse.Namespace) -> int:
         trunk, weights_info = load_alexnet_trunk(args.weights, seed=args.seed)
     except WeightsError as exc:
         raise SystemExit(f"error: {exc}") from exc
-    if args.det_input_norm == "auto":
-        args.det_input_norm = "imagenet" if weights_info.kind == "torchvision" else "minus-one-one"
+    args.input_norm = resolve_input_norm(args.input_norm, weights_info.kind)
     try:
         year_dir = resolve_year_dir(args.voc_root, "2007")
         cache, proposal_info = _proposal_source(args, year_dir, [args.train_split, args.eval_split])
@@ -239,7 +232,7 @@ def run(args: argparse.Namespace) -> int:
     model.to(device)
     optimizer = torch.optim.SGD(parameter_groups(model, args.lr, 5e-4), lr=args.lr, momentum=0.9)
     train_cfg = TrainConfig(iterations=args.iterations, lr=args.lr, lr_step=args.det_lr_step, precision=args.precision)
-    dataset = DetectionTrainSet(usable, args.det_scale, args.det_max_size, args.det_input_norm, sampler)
+    dataset = DetectionTrainSet(usable, args.det_scale, args.det_max_size, args.input_norm, sampler)
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_sampler=TrainBatchSampler(len(usable), args.batch_size, args.iterations, args.seed),
@@ -258,7 +251,7 @@ def run(args: argparse.Namespace) -> int:
     test_cfg = EvalConfig(
         scale=args.det_scale,
         max_size=args.det_max_size,
-        norm=args.det_input_norm,
+        norm=args.input_norm,
         nms_threshold=args.det_nms,
         score_threshold=args.det_score_threshold,
         max_per_image=args.det_max_per_image,

@@ -12,9 +12,10 @@ Fast R-CNN's VOC settings (Girshick 2015 §2.3 and ``lib/fast_rcnn/config.py``),
   not used for training (py-faster-rcnn's ``use_diff=False``) but are kept for evaluation, where the devkit
   ignores them.
 
-Input normalisation depends on how the encoder was pretrained, so it is an option (:data:`INPUT_NORMS`): the context
+Input normalisation depends on how the encoder was pretrained, so it is an option (``--input-norm``, see
+``transfer/input_norm.py``): the context
 encoder's range [-1, 1] by default, torchvision's ImageNet mean/std for ImageNet weights. Padding of the mini-batch
-is zero after normalisation (the mean colour for ``imagenet``, mid-grey for ``minus-one-one``).
+is zero after normalisation (the mean colour for ``imagenet``, mid-grey for ``minus1to1``).
 
 Bad input is counted in :class:`DetectionDataReport`, never a crash: boxes partly outside the image are clipped, boxes
 that vanish after clipping are dropped, images without objects and images without proposals are kept for evaluation
@@ -32,11 +33,8 @@ import torch
 from PIL import Image
 
 from transfer.detection.boxes import BoxCoder, box_iou_inclusive, flip_boxes
+from transfer.input_norm import normalize_array
 from transfer.voc import VOC_CLASSES, VOCError, image_path, load_annotation, read_image_set
-
-INPUT_NORMS = ("minus-one-one", "imagenet")
-_IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-_IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 
 
 @dataclass
@@ -149,11 +147,9 @@ def image_scale(width: int, height: int, scale: int = 600, max_size: int = 1000)
 
 
 def load_scaled_image(
-    path: Path, scale: int, max_size: int, norm: str = "minus-one-one", flip: bool = False
+    path: Path, scale: int, max_size: int, norm: str = "minus1to1", flip: bool = False
 ) -> tuple[torch.Tensor, float, tuple[int, int]]:
     """``(image [3, h, w] float32 normalised, factor, (W, H) of the file)``."""
-    if norm not in INPUT_NORMS:
-        raise ValueError(f"input normalisation must be one of {INPUT_NORMS}, got {norm!r}")
     try:
         with Image.open(path) as im:
             rgb = im.convert("RGB")
@@ -163,11 +159,7 @@ def load_scaled_image(
         rgb = rgb.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     factor = image_scale(rgb.width, rgb.height, scale, max_size)
     size = (max(1, round(rgb.width * factor)), max(1, round(rgb.height * factor)))
-    arr = np.asarray(rgb.resize(size, Image.Resampling.BILINEAR), np.float32) / 255.0
-    if norm == "minus-one-one":
-        arr = arr * 2.0 - 1.0
-    else:
-        arr = (arr - _IMAGENET_MEAN) / _IMAGENET_STD
+    arr = normalize_array(np.asarray(rgb.resize(size, Image.Resampling.BILINEAR)), norm)
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))), factor, (rgb.width, rgb.height)
 
 
@@ -222,7 +214,7 @@ class DetectionTrainSet(torch.utils.data.Dataset):
         images: Sequence[DetectionImage],
         scale: int = 600,
         max_size: int = 1000,
-        norm: str = "minus-one-one",
+        norm: str = "minus1to1",
         sampler: RoISampler | None = None,
     ) -> None:
         self.images = list(images)

@@ -36,7 +36,7 @@ from transfer.detection_ap import ClassDetections, GroundTruth, evaluate_detecti
 class EvalConfig:
     scale: int = 600
     max_size: int = 1000
-    norm: str = "minus-one-one"
+    norm: str = "minus1to1"
     nms_threshold: float = 0.3
     score_threshold: float = 0.05
     max_per_image: int = 100
