@@ -87,6 +87,35 @@ def ce_step(device: torch.device, precision: str, quick: bool) -> Workload:
     return Workload(_method_step(method, config, images), batch, f"{config.crop_size} px, batch {batch}, random-region")
 
 
+@register(
+    "ce_step_before",
+    "the same iteration as before the speed work: NCHW layout, per-parameter (unfused) Adam",
+)
+def ce_step_before(device: torch.device, precision: str, quick: bool) -> Workload:
+    batch = 16
+    method, config = _pretrain_method(
+        "context-encoder", device, precision, batch_size=batch, mask="random-region", channels_last=False
+    )
+    _unfused_adam(method)
+    images = _images(batch, config.crop_size, device)
+    return Workload(_method_step(method, config, images), batch, "NCHW, unfused Adam")
+
+
+def _unfused_adam(method: Any) -> None:
+    """Replace every optimizer of ``method`` by the per-parameter ``torch.optim.Adam`` loop (the pre-speed-work
+    default; same hyperparameters)."""
+    for name, opt in method.optimizers.items():
+        group = opt.param_groups[0]
+        method.optimizers[name] = torch.optim.Adam(
+            opt.param_groups[0]["params"],
+            lr=group["lr"],
+            betas=group["betas"],
+            weight_decay=group["weight_decay"],
+            foreach=False,
+            fused=False,
+        )
+
+
 @register("inpaint_step", "128-px inpainting net: discriminator step + generator step (joint L2 + adversarial)")
 def inpaint_step(device: torch.device, precision: str, quick: bool) -> Workload:
     _require("pretrain.inpainting")
@@ -94,6 +123,29 @@ def inpaint_step(device: torch.device, precision: str, quick: bool) -> Workload:
     method, config = _pretrain_method("inpainting", device, precision, batch_size=batch)
     images = _images(batch, config.crop_size, device)
     return Workload(_method_step(method, config, images), batch, f"{config.crop_size} px, batch {batch}, {config.mask}")
+
+
+@register(
+    "inpaint_step_before",
+    "the same iteration before the speed work: 4x4 convolutional bottleneck, NCHW layout, unfused Adam",
+)
+def inpaint_step_before(device: torch.device, precision: str, quick: bool) -> Workload:
+    models = _require("pretrain.models.inpainting")
+    batch = 64
+    method, config = _pretrain_method("inpainting", device, precision, batch_size=batch, channels_last=False)
+    linear = method.unwrapped("generator")
+    conv = models.InpaintingGenerator(
+        bottleneck=linear.bottleneck_dim, output_size=linear.output_size, conv_bottleneck=True
+    ).to(device)
+    conv.load_state_dict(models.to_conv_layout(linear.state_dict()))  # the same network in the Lua layout
+    method.networks["generator"] = method._bare["generator"] = conv
+    group = method.optimizers["generator"].param_groups[0]
+    method.optimizers["generator"] = torch.optim.Adam(
+        conv.parameters(), lr=group["lr"], betas=group["betas"], weight_decay=group["weight_decay"]
+    )
+    _unfused_adam(method)
+    images = _images(batch, config.crop_size, device)
+    return Workload(_method_step(method, config, images), batch, "conv bottleneck, NCHW, unfused Adam")
 
 
 @register("masks", "random-region masks for a batch of 16 at 227 px (batched tensor ops)", precisions=("n/a",))
@@ -147,7 +199,6 @@ def data_loader(device: torch.device, precision: str, quick: bool) -> Workload:
         num_workers=workers,
         pin_memory=device.type == "cuda",
         persistent_workers=workers > 0,
-        prefetch_factor=4 if workers > 0 else None,
     )
     batches = iter(loader)
 
@@ -156,7 +207,10 @@ def data_loader(device: torch.device, precision: str, quick: bool) -> Workload:
 
     note = f"{VOC_IMAGE_SIZE[0]}x{VOC_IMAGE_SIZE[1]} JPEG -> short {paper['resize_short']} -> {paper['crop_size']}, "
     note += f"{workers} workers, batch {batch}"
-    return Workload(step, batch, note, count_flops=False, feeds="ce_step")
+    # warm-up drains the prefetch queue filled while the workers started (2 batches per worker) several times
+    # over, and the rate is total images / total time, so it is the workers' steady-state rate
+    warmup = 4 * max(1, workers) * 2
+    return Workload(step, batch, note, count_flops=False, feeds="ce_step", warmup=warmup, aggregate="mean")
 
 
 @register("cls_step", "classification fine-tuning: one SGD step (AlexNet + fc6-8, masked sigmoid cross-entropy)")

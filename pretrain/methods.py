@@ -93,7 +93,8 @@ class PretrainMethod:
     def add_network(self, name: str, module: nn.Module) -> nn.Module:
         """Register ``module`` (moved to the device, in channels-last layout when ``config.channels_last``)."""
         module = module.to(self.device)
-        if self.config.channels_last:
+        lazy = any(nn.parameter.is_lazy(p) for p in module.parameters())
+        if self.config.channels_last and not lazy:  # lazy modules get their layout when first called
             module = module.to(memory_format=torch.channels_last)
         self.networks[name] = module
         self._bare[name] = module

@@ -18,6 +18,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", default=None, help="write the full report (with environment) to this JSON file")
     parser.add_argument("--only", nargs="+", default=None, metavar="NAME", help="measure only these hot paths")
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads in each measurement (default: torch's default, one per core). On a machine shared "
+        "with other work, 1 thread gives steadier numbers",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -34,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
         bar.set_postfix_str(what)
         bar.update(1)
 
-    report = run_all(quick=args.quick, device=args.device, only=args.only, progress=progress)
+    report = run_all(quick=args.quick, device=args.device, only=args.only, threads=args.threads, progress=progress)
     bar.close()
     print(format_table(report))
     if args.json:

@@ -1,0 +1,134 @@
+"""``bench speed``: the engine's measurements and report structure on cheap workloads (no wall-clock thresholds:
+only that the numbers exist, are finite and positive and hang together), and the pre-resized image cache."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks.speed import HOT_PATHS, count_flops, format_table, run_worker
+
+
+def _finite_positive(x: object) -> bool:
+    return isinstance(x, int | float) and math.isfinite(x) and x > 0
+
+
+def test_every_issue_hot_path_is_registered() -> None:
+    import benchmarks.hot_paths  # noqa: F401
+
+    for name in ("ce_step", "inpaint_step", "data_loader", "cls_step", "det_step", "fcn_step", "proposals"):
+        assert name in HOT_PATHS, name
+    assert HOT_PATHS["ce_step"][2] == ("fp32", "bf16")
+
+
+def test_count_flops_counts_a_matrix_product() -> None:
+    a, b = torch.randn(8, 16), torch.randn(16, 4)
+    assert count_flops(lambda: a @ b) == 2 * 8 * 16 * 4
+
+
+def test_worker_measures_peak_and_a_hot_path_in_process() -> None:
+    peak = run_worker("peak:matmul", "fp32", "cpu", quick=True)
+    assert peak["gflop_per_step"] == pytest.approx(2 * 1024**3 / 1e9)
+    assert _finite_positive(peak["gflop_per_s"]) and peak["aggregate"] == "min"
+    masks = run_worker("masks", "n/a", "cpu", quick=True)
+    assert masks["images_per_step"] == 16 and masks["steps"] >= 3
+    assert _finite_positive(masks["images_per_s"]) and _finite_positive(masks["median_step_s"])
+    assert masks["images_per_s"] == pytest.approx(16 / masks["median_step_s"])
+    assert masks["gflop_per_s"] is None  # count_flops=False: mask drawing is not matrix arithmetic
+    assert masks["peak_rss_mb"] >= masks["baseline_rss_mb"] > 0
+
+
+def test_bench_speed_quick_writes_report(tmp_path: Path, subprocess_env: dict[str, str]) -> None:
+    """The real CLI (subprocess-isolated measurements): peaks + one cheap hot path, table on screen, JSON file."""
+    from benchmarks.cli import main
+
+    out = tmp_path / "speed.json"
+    old = dict(os.environ)
+    os.environ.update(subprocess_env)  # the measuring subprocesses import this checkout
+    try:
+        rc = main(["speed", "--quick", "--only", "masks", "--threads", "1", "--json", str(out)])
+    finally:
+        os.environ.clear()
+        os.environ.update(old)
+    assert rc == 0
+    report = json.loads(out.read_text())
+    assert report["quick"] is True and report["device"] == "cpu" and report["threads"] == 1
+    assert set(report["peak_gflop_per_s"]) == {"fp32", "bf16"}
+    assert all(_finite_positive(v) for v in report["peak_gflop_per_s"].values())
+    rows = {(r["name"], r["precision"]): r for r in report["results"]}
+    assert set(rows) == {
+        ("peak:matmul", "fp32"),
+        ("peak:matmul", "bf16"),
+        ("peak:conv", "fp32"),
+        ("peak:conv", "bf16"),
+        ("masks", "n/a"),
+    }
+    for (name, prec), r in rows.items():
+        assert "error" not in r, r
+        if name.startswith("peak:"):
+            # the best peak of a precision is 100% of itself, the others at most that
+            assert 0 < r["mfu"] <= 1.0 + 1e-9
+            assert r["gflop_per_s"] <= report["peak_gflop_per_s"][prec] + 1e-6
+    assert _finite_positive(rows[("masks", "n/a")]["images_per_s"])
+    assert "environment" in report and report["measured_at"]
+
+
+def test_table_shows_unavailable_rows_and_feed_ratios() -> None:
+    from benchmarks.speed import _add_feed_ratios
+
+    base = {"steps": 3, "median_step_s": 0.5, "gflop_per_step": None, "gflop_per_s": None, "mfu": None}
+    base |= {"peak_rss_mb": 100.0, "baseline_rss_mb": 50.0, "note": "", "feeds": None}
+    rows = [
+        {**base, "name": "ce_step", "precision": "bf16", "images_per_step": 16, "images_per_s": 40.0},
+        {**base, "name": "ce_step", "precision": "fp32", "images_per_step": 16, "images_per_s": 20.0},
+        {**base, "name": "data_loader", "precision": "jpeg", "images_per_step": 16, "images_per_s": 100.0}
+        | {"feeds": "ce_step"},
+        {
+            "name": "det_step",
+            "precision": "fp32",
+            "unavailable": "unavailable: transfer.detection is not in this build",
+        },
+    ]
+    _add_feed_ratios(rows)
+    assert rows[2]["feed_ratio"] == pytest.approx(2.5)  # against the fastest ce_step precision
+    report = {"results": rows, "peak_gflop_per_s": {"fp32": 1.0}, "device": "cpu", "quick": True}
+    table = format_table(report)
+    assert "unavailable: transfer.detection" in table and "2.5x the ce_step rate" in table
+
+
+# ----------------------------------------------------------------------------------------------- the image cache
+
+
+def test_image_cache_gives_identical_crops_and_is_reused(image_folder: Path, tmp_path: Path) -> None:
+    from pretrain.data import UnlabeledImageDataset, find_images
+    from pretrain.engine import SeededDataset
+
+    folder = tmp_path / "images"
+    shutil.copytree(image_folder, folder)
+    paths = find_images(folder)
+    plain = SeededDataset(UnlabeledImageDataset(paths, crop_size=64, resize_short=80))
+    cache = tmp_path / "cache"
+    cached_ds = UnlabeledImageDataset(paths, crop_size=64, resize_short=80, cache_dir=cache)
+    cached = SeededDataset(cached_ds)
+    assert cached_ds.build_cache() == len(paths)
+    assert len(list(cache.glob("*.npy"))) == len(paths)
+    assert cached_ds.build_cache() == 0  # nothing left to build
+    for i in range(len(paths)):
+        for seed in (1, 2, 3):
+            a, b = plain[(i, seed)], cached[(i, seed)]
+            assert a.shape == (3, 64, 64) and torch.equal(a, b)
+    # an edited image gets a new entry instead of the stale one
+    target = paths[0]
+    before = cached_ds.cache_path(0)
+    os.utime(target, ns=(target.stat().st_atime_ns, target.stat().st_mtime_ns + 10**9))
+    assert cached_ds.cache_path(0) != before
+    # a different resize setting never reads another setting's entries
+    other = UnlabeledImageDataset(paths, crop_size=64, resize_short=96, cache_dir=cache)
+    assert other.cache_path(1) != cached_ds.cache_path(1)
+    assert SeededDataset(other)[(1, 5)].shape == (3, 64, 64)
