@@ -226,7 +226,11 @@ class FCN(nn.Module):
         height, width = images.shape[-2:]
         x, skips = self.forward_features(images)
         score, _ = self.fuse(self.score_fr(x), skips)
-        up = self.upscore(score)
+        # the final up-sampling runs in float32 even under bf16 autocast: CPU has no fast bf16 kernel for this
+        # 64x64-kernel stride-32 transposed convolution (about 40x slower than float32, docs/performance.md); it
+        # is a tiny share of the FLOPs, and in float32 runs it changes nothing
+        with torch.autocast(score.device.type, enabled=False):
+            up = self.upscore(score.float())
         off = self.crop_offset
         if up.shape[2] < off + height or up.shape[3] < off + width:
             raise RuntimeError(
