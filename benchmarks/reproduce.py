@@ -414,6 +414,7 @@ def run_plan(
                 cell["message"] = "interrupted; run again"
                 interrupted.add(cell["id"])
         save_plan(plan, out)
+        (out / "records").mkdir(exist_ok=True)
         wanted = {c["id"] for c in build_cells(opts)}
         cells = [c for c in plan["cells"] if c["id"] in wanted]
         by_id = {c["id"]: c for c in cells}
