@@ -485,13 +485,24 @@ def build_table1(
     return Table("table1", "Table 1: semantic inpainting", "method", headers, rows, footnotes, csv_rows)
 
 
+def per_class_metrics(record: dict[str, Any], all_metrics: bool = False) -> list[str]:
+    """The per-class metrics of a record to tabulate: by default the one the primary metric averages (``AP`` for
+    ``mAP``, ``IoU`` for ``mIoU``), or all of them when none matches or ``all_metrics``."""
+    names = sorted(record["per_class"])
+    if all_metrics:
+        return names
+    primary = record["primary_metric"].lower()
+    match = [n for n in names if primary in (f"m{n.lower()}", f"mean_{n.lower()}", f"mean {n.lower()}")]
+    return match or names
+
+
 def build_per_class_tables(
-    records: list[tuple[Path, dict[str, Any]]], *, duplicates: list[str] | None = None
+    records: list[tuple[Path, dict[str, Any]]], *, duplicates: list[str] | None = None, all_metrics: bool = False
 ) -> list[Table]:
     """One table per (column, per-class metric): rows = classes (+ mean), columns = methods, mean over seeds."""
     cells = group_cells(
         records,
-        lambda r: [(f"{m}/{c}", v) for m, vals in sorted(r["per_class"].items()) for c, v in vals.items()],
+        lambda r: [(f"{m}/{c}", v) for m in per_class_metrics(r, all_metrics) for c, v in r["per_class"][m].items()],
         duplicates,
     )
     # regroup: (column without class, per-class metric) -> class -> method -> Cell
@@ -503,7 +514,8 @@ def build_per_class_tables(
         groups[(base, metric)][cls] = by_method
     for path_rec in records:  # class order as the records list them (VOC order), first record wins
         rec = path_rec[1]
-        for metric, vals in sorted(rec["per_class"].items()):
+        for metric in per_class_metrics(rec, all_metrics):
+            vals = rec["per_class"][metric]
             key = (column_of(rec, metric), metric)
             for cls in vals:
                 if cls not in class_order[key]:
@@ -647,7 +659,11 @@ class TableSet:
 
 
 def build_tables(
-    record_paths: Sequence[str | Path], *, reported_path: str | Path | None = REPORTED_PATH, ci: bool = False
+    record_paths: Sequence[str | Path],
+    *,
+    reported_path: str | Path | None = REPORTED_PATH,
+    ci: bool = False,
+    all_per_class: bool = False,
 ) -> TableSet:
     loaded = load_records(record_paths)
     reported = load_reported(reported_path) if reported_path is not None else None
@@ -656,7 +672,7 @@ def build_tables(
     tables = [build_table2(recs, reported, ci=ci, duplicates=dups)]
     if any(r["task"] == INPAINT_TASK for _, r in recs) or reported is not None:
         tables.append(build_table1(recs, reported, ci=ci))
-    tables += build_per_class_tables(recs)
+    tables += build_per_class_tables(recs, all_metrics=all_per_class)
     loaded.duplicates = sorted(set(dups))
     return TableSet(tables=tables, loaded=loaded)
 
@@ -681,4 +697,8 @@ def write_tables(tables: TableSet, out_dir: str | Path) -> list[Path]:
         for ext, text in (("md", md), ("tex", to_latex(t)), ("csv", to_csv(t))):
             written.append(atomic_write_text(out / f"{t.name}.{ext}", text))
     written.append(atomic_write_text(out / "tables.md", "\n".join(combined).rstrip() + "\n"))
+    # per-class tables of an earlier run whose records are gone would look current: remove them
+    for stale in sorted(out.glob("per_class_*")):
+        if stale.suffix in (".md", ".tex", ".csv") and stale not in written:
+            stale.unlink()
     return written

@@ -37,6 +37,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the paper's reported numbers (JSON, format version 1; default: results/reported.json of this package)",
     )
     parser.add_argument("--no-reported", action="store_true", help="leave the paper's reported rows out")
+    parser.add_argument(
+        "--all-per-class",
+        action="store_true",
+        help="a per-class table for every per-class metric of the records (default: only the one the primary metric "
+        "averages, e.g. AP for mAP)",
+    )
     parser.add_argument("--quiet", action="store_true", help="do not print the markdown tables")
     parser.add_argument("--strict", action="store_true", help="exit with status 1 when any record was left out")
 
@@ -51,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     if missing:
         print(f"bench table: record path does not exist: {', '.join(missing)}", file=sys.stderr)
         return 2
-    tables = build_tables(args.record_dirs, reported_path=reported, ci=args.ci)
+    tables = build_tables(args.record_dirs, reported_path=reported, ci=args.ci, all_per_class=args.all_per_class)
     for path, message in tables.loaded.invalid:
         print(f"bench table: left out invalid record: {message}", file=sys.stderr)
         del path
