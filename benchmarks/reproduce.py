@@ -54,6 +54,10 @@ DEFAULT_SEEDS = {"smoke": 1, "paper": 3}
 STAGES = ("pretrain", "inpaint-pretrain", "inpaint-eval", *TRANSFER_TASKS, "table", "plot")
 
 
+#: fields of a cell that running changes (the others follow from the options)
+STATE_FIELDS = ("status", "attempts", "started_at", "ended_at", "returncode", "message", "log", "record")
+
+
 class PlanError(RuntimeError):
     """The plan file is unreadable, or was made with other options (the message says what to do)."""
 
@@ -260,8 +264,9 @@ def load_or_create_plan(opts: SweepOptions, replan: bool = False) -> dict[str, A
         elif prev["argv"] != cell["argv"]:
             changed.append(cell["id"])
             merged.append(cell)  # with --replan: a changed cell starts again as pending
-        else:
-            merged.append(prev)
+        else:  # keep the state of the cell, take what the options decide (dependencies) from the new plan
+            state = {k: prev[k] for k in STATE_FIELDS if k in prev}
+            merged.append({**cell, **state})
     if changed and not replan:
         raise PlanError(
             f"{path} was made with other options (cells {', '.join(changed[:3])}{' ...' if len(changed) > 3 else ''} "
