@@ -100,9 +100,12 @@ def test_latex_booktabs(records: Path) -> None:
         assert rule in tex
     assert "\\textbf{57.2 $\\pm$ 1.0 (n=3)}" in tex
     assert tex.count("\\begin{") == tex.count("\\end{")
-    body = tex.split("\\midrule")[1].split("\\bottomrule")[0]
-    for line in body.strip().splitlines():  # every row has the header's number of columns and ends with \\
+    body = tex.split("\\midrule", 1)[1].split("\\bottomrule")[0]
+    rows = [line for line in body.strip().splitlines() if line != "\\midrule"]
+    for line in rows:  # every row has the header's number of columns and ends with \\
         assert line.endswith("\\\\") and line.count("&") == 3
+    assert len(rows) == 3 + 7  # measured methods + the paper's rows
+    assert body.count("\\midrule") == 1  # one rule between measured and reported rows
     assert "±" not in tex and "_" not in tex.replace("\\_", "")
 
 
