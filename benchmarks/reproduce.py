@@ -316,6 +316,15 @@ def _move_aside(folder: Path) -> Path | None:
     return target
 
 
+def _resumable(cell: dict[str, Any], folder: Path) -> bool:
+    """A pretraining run folder with at least one checkpoint, and a ``bench pretrain`` that offers ``--resume``."""
+    return (
+        cell["stage"] in ("pretrain", "inpaint-pretrain")
+        and "--resume" in known_options("pretrain")
+        and any(folder.rglob("*.pt"))
+    )
+
+
 def collect_record(cell: dict[str, Any], out: Path) -> Path:
     """Copy the run record the cell wrote (the newest valid one in its folder) to ``<out>/records/<cell>.json``."""
     from transfer.records import RECORD_SCHEMA, RecordError, read_record
@@ -462,11 +471,7 @@ def run_plan(
             folder = Path(cell["out"]) if cell["out"] else None
             again = cell["id"] in interrupted or cell["status"] == "failed"
             if again and folder is not None and folder.exists():
-                if (
-                    cell["stage"] in ("pretrain", "inpaint-pretrain")
-                    and "--resume" in known_options("pretrain")
-                    and cell["id"] in interrupted
-                ):
+                if cell["id"] in interrupted and _resumable(cell, folder):
                     argv.append("--resume")
                 elif not is_report(cell):
                     moved = _move_aside(folder)
