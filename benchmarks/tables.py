@@ -55,6 +55,9 @@ DECIMALS = 1
 #: Table 1 prints two decimals in the paper
 TABLE1_DECIMALS = 2
 INPAINT_TASK = "inpaint"
+#: record ``config`` keys that change what a protocol's primary metric measures; records that differ in them never
+#: share a cell (svm: the layer whose mAP is the primary metric)
+VARIANT_KEYS = ("primary_layer",)
 
 
 @dataclass(frozen=True, order=True)
@@ -69,6 +72,7 @@ class Column:
     train_split: str
     eval_split: str
     metric: str
+    variant: str = ""  # options that change what the primary metric measures (VARIANT_KEYS), e.g. "primary_layer=conv5"
 
     def sort_key(self) -> tuple[Any, ...]:
         rank = TASK_ORDER.index(self.task) if self.task in TASK_ORDER else len(TASK_ORDER)
@@ -87,6 +91,7 @@ class Column:
 
     def describe(self) -> str:
         preset = f", preset {self.preset}" if self.preset else ""
+        preset += f", {self.variant}" if self.variant else ""
         train = f"{self.train_split} -> " if self.train_split else ""
         return (
             f"task {self.task}: protocol {self.protocol_id} v{self.protocol_version}{preset}; "
@@ -152,6 +157,7 @@ def column_of(record: dict[str, Any], metric: str) -> Column:
         train_split=record["train_split"] or "",
         eval_split=record["eval_split"],
         metric=metric,
+        variant=";".join(f"{k}={record['config'][k]}" for k in VARIANT_KEYS if record["config"].get(k) is not None),
     )
 
 
@@ -511,9 +517,15 @@ def per_class_metrics(record: dict[str, Any], all_metrics: bool = False) -> list
     names = sorted(record["per_class"])
     if all_metrics:
         return names
-    primary = record["primary_metric"].lower()
-    match = [n for n in names if primary in (f"m{n.lower()}", f"mean_{n.lower()}", f"mean {n.lower()}")]
-    return match or names
+    primary = record["primary_metric"]
+    # the primary metric, then metrics holding the same value under another name (svm: mAP = mAP_conv5 -> AP_conv5)
+    same = sorted(m for m, v in record["metrics"].items() if m != primary and v == record["metrics"][primary])
+    candidates = [primary, *same]
+    for cand in (c.lower() for c in candidates):
+        match = [n for n in names if cand in (f"m{n.lower()}", f"mean_{n.lower()}", f"mean {n.lower()}")]
+        if match:
+            return match
+    return names
 
 
 def build_per_class_tables(

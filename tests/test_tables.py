@@ -195,3 +195,33 @@ def test_table1_inpainting(tmp_path: Path) -> None:
     assert [e.bold for e in telea] == [True, True, True]  # lowest L1/L2, highest PSNR
     reported = dict(table1.rows)["Context encoder (joint loss) [reported]"]
     assert [e.text for e in reported] == ["9.37", "1.96", "18.58"]
+
+
+def test_svm_primary_layer_is_part_of_the_column(tmp_path: Path) -> None:
+    """svm records whose primary mAP is another layer's never share a cell; per-class uses that layer's AP."""
+    out = tmp_path / "records"
+    for seed, layer, value in ((0, "conv5", 40.0), (1, "conv5", 42.0), (0, "conv4", 45.0)):
+        rec = make_record(
+            task="svm",
+            protocol_id="voc07-svm",
+            protocol_version=1,
+            protocol_description="d",
+            dataset="VOC2007",
+            train_split="trainval",
+            eval_split="test",
+            primary_metric="mAP",
+            metrics={"mAP": value, f"mAP_{layer}": value, "mAP_conv1": 10.0},
+            per_class={f"AP_{layer}": {"cat": value}, "AP_conv1": {"cat": 10.0}},
+            weights={"source": "-", "method": "context-encoder"},
+            seed=seed,
+            config={"preset": "smoke", "primary_layer": layer},
+            started_at="2026-01-01T00:00:00Z",
+            wall_time_s=1.0,
+        )
+        write_record(rec, out, name=f"svm_{layer}_{seed}.json")
+    tables = build_tables([out], reported_path=None)
+    table2 = tables.tables[0]
+    assert sorted(e.text for e in table2.rows[0][1]) == ["41.0 ± 1.4 (n=2)", "45.0 (n=1)"]
+    assert any("primary_layer=conv4" in f for f in table2.footnotes)
+    per_class = [t for t in tables.tables if t.name.startswith("per_class")]
+    assert sorted(t.title.split(":")[0] for t in per_class) == ["Per-class AP_conv4", "Per-class AP_conv5"]
