@@ -6,11 +6,11 @@ task for each method and seed, optionally the inpainting network and its evaluat
 
 The plan file is rewritten atomically whenever a cell changes state (``pending`` -> ``running`` -> ``done`` or
 ``failed``), so the sweep survives being killed: a cell found ``running`` when the plan is loaded was interrupted and
-is run again (a pretraining run resumes from its last checkpoint when ``bench pretrain`` offers ``--resume``; the
-output folder of any other interrupted or failed cell is moved aside to ``<folder>.attempt<N>`` first, nothing is
-deleted). ``done`` cells are never redone; ``failed`` cells are retried only with ``retry_failed``. Cells whose
-command is not part of this build are reported as unavailable (and picked up once it is). The report cells
-(``bench table``, ``bench plot``) run again whenever a cell they summarise finished after them.
+is run again (a pretraining run resumes from its last checkpoint when ``bench pretrain`` offers ``--resume``; any
+other output folder an earlier attempt left is moved aside to ``<folder>.attempt<N>`` first, nothing is deleted).
+``done`` cells are never redone; ``failed`` cells are retried only with ``retry_failed``. Cells whose command is not
+part of this build are reported as unavailable (and picked up once it is). The report cells (``bench table``,
+``bench plot``) run again whenever a cell they summarise finished after them.
 
 Every transfer or inpainting-evaluation cell must leave one run record in its folder; it is copied to
 ``<out>/records/<cell>.json``, the folder the tables are made from.
@@ -469,8 +469,8 @@ def run_plan(
                 break
             argv = list(cell["argv"])
             folder = Path(cell["out"]) if cell["out"] else None
-            again = cell["id"] in interrupted or cell["status"] == "failed"
-            if again and folder is not None and folder.exists():
+            # output left by an earlier attempt (interrupted, failed, or reset by --replan) is resumed or moved aside
+            if folder is not None and folder.exists():
                 if cell["id"] in interrupted and _resumable(cell, folder):
                     argv.append("--resume")
                 elif not is_report(cell):
