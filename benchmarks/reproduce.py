@@ -218,6 +218,8 @@ def build_cells(opts: SweepOptions) -> list[dict[str, Any]]:
         for name, source, deps in evals:
             folder = out / "inpaint" / name
             argv = ["inpaint-eval", *source, "--images", str(opts.inpaint_eval_images), "--out", str(folder)]
+            if "--device" in known_options("inpaint-eval"):
+                argv += device
             cells.append(
                 _cell(f"inpaint-eval/{name}", "inpaint-eval", argv + extra.get("inpaint-eval", []), folder, deps, True)
             )
