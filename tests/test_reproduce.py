@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from benchmarks.reproduce import SweepOptions, build_cells, collect_record, command_available
 from transfer.records import make_record, write_record
 
@@ -144,3 +146,50 @@ def test_collect_record_takes_the_record_not_other_json(tmp_path: Path) -> None:
     dest = collect_record(cell, tmp_path)
     assert dest == tmp_path / "records" / "transfer__cls__random__seed0.json"
     assert json.loads(dest.read_text())["metrics"] == {"mAP": 40.0}
+
+
+@pytest.mark.slow
+def test_interrupted_pretraining_cell_resumes_from_its_checkpoint(
+    tmp_path: Path, voc_root: Path, image_folder: Path, subprocess_env: dict[str, str]
+) -> None:
+    """Kill the sweep inside `bench pretrain` after its first checkpoint; the re-run continues that run (--resume)."""
+    if not command_available(["pretrain"])[0] or not command_available(["transfer", "--task", "cls"])[0]:
+        pytest.skip("bench pretrain / bench transfer --task cls are not part of this build")
+    out = tmp_path / "sweep"
+    args = [
+        sys.executable,
+        "-m",
+        "benchmarks.cli",
+        "reproduce",
+        "--tasks",
+        "cls",
+        "--methods",
+        "context-encoder",
+        "--voc-root",
+        str(voc_root),
+        "--data",
+        str(image_folder),
+        "--out",
+        str(out),
+        "--quiet-cells",
+    ]
+    proc = subprocess.Popen(
+        args, env=subprocess_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    try:
+        while proc.poll() is None:
+            if any((out / "runs" / "context-encoder").rglob("*.pt")):
+                os.killpg(proc.pid, signal.SIGKILL)
+                break
+            time.sleep(0.05)
+    finally:
+        proc.wait()
+    assert _plan(out)["pretrain/context-encoder"]["status"] == "running"
+    subprocess.run(args, env=subprocess_env, check=True, capture_output=True)
+    plan = _plan(out)
+    assert plan["pretrain/context-encoder"]["status"] == "done" and plan["pretrain/context-encoder"]["attempts"] == 2
+    assert plan["transfer/cls/context-encoder/seed0"]["status"] == "done"
+    log = (out / "logs" / "pretrain__context-encoder.log").read_text()
+    assert "--method context-encoder --seed 0 --resume" in log
+    assert not list((out / "runs").glob("*.attempt*"))  # resumed in place, not restarted
+    assert (out / "records" / "transfer__cls__context-encoder__seed0.json").exists()
