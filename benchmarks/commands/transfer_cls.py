@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import math
 import time
+from dataclasses import dataclass
 from typing import Any
 
 TITLE = "VOC2007 classification fine-tuning (Krähenbühl et al. 2015 protocol)"
@@ -21,6 +22,45 @@ def add_once(group: argparse._ArgumentGroup, *flags: str, **kwargs: Any) -> None
     if any(f in container._option_string_actions for f in flags):
         return
     group.add_argument(*flags, **kwargs)
+
+
+@dataclass
+class VOC07Inputs:
+    """What cls and svm both load before any work: splits, classes, items and the trunk."""
+
+    train_split: str
+    eval_split: str
+    classes: tuple[str, ...]
+    train_items: list[Any]
+    skipped_train: list[str]
+    eval_items: list[Any]
+    skipped_eval: list[str]
+    trunk: Any
+    weights: Any  # transfer.weights.WeightsInfo
+
+
+def load_voc07_inputs(args: argparse.Namespace) -> VOC07Inputs:
+    """Resolve the VOC2007 splits (trainval -> test by default, never equal), the class list, the items of both
+    splits (with ``--skip-bad`` counting) and the weights; any problem exits with a message naming the file."""
+    from transfer.classification import load_classification_items, resolve_classes
+    from transfer.voc import VOCError, resolve_year_dir
+    from transfer.weights import WeightsError, load_alexnet_trunk
+
+    train_split = args.train_split or "trainval"
+    eval_split = args.eval_split or "test"
+    if eval_split == train_split:
+        raise SystemExit(f"--eval-split {eval_split} equals --train-split; evaluation needs held-out images")
+    try:
+        year_dir = resolve_year_dir(args.voc_root, "2007")
+        classes = resolve_classes(args.classes, year_dir, train_split)
+        train_items, skipped_train = load_classification_items(year_dir, train_split, classes, args.skip_bad)
+        eval_items, skipped_eval = load_classification_items(year_dir, eval_split, classes, args.skip_bad)
+        trunk, winfo = load_alexnet_trunk(args.weights, seed=args.seed)
+    except (VOCError, WeightsError, ValueError) as exc:
+        raise SystemExit(f"error: {exc}") from exc
+    return VOC07Inputs(
+        train_split, eval_split, tuple(classes), train_items, skipped_train, eval_items, skipped_eval, trunk, winfo
+    )
 
 
 def add_shared_voc_cls_arguments(group: argparse._ArgumentGroup) -> None:
@@ -150,33 +190,26 @@ def run(args: argparse.Namespace) -> int:
         build_classifier,
         evaluate,
         finetune,
-        load_classification_items,
         load_pretrained_fc,
         rescale_for_finetuning,
-        resolve_classes,
     )
     from transfer.classification_ap import mean_average_precision
     from transfer.input_norm import resolve_input_norm
     from transfer.records import make_record, write_record
-    from transfer.voc import VOCError, resolve_year_dir
-    from transfer.weights import WeightsError, load_alexnet_trunk
 
     started, t0 = utc_now_iso(), time.perf_counter()
     apply_preset(args, PRESETS, args.preset)
     torch.manual_seed(args.seed)
     device = resolve_device(args.device)
-    train_split = args.train_split or "trainval"
-    eval_split = args.eval_split or "test"
-    if eval_split == train_split:
-        raise SystemExit(f"--eval-split {eval_split} equals --train-split; evaluation needs held-out images")
-    try:
-        year_dir = resolve_year_dir(args.voc_root, "2007")
-        classes = resolve_classes(args.classes, year_dir, train_split)
-        train_items, skipped_train = load_classification_items(year_dir, train_split, classes, args.skip_bad)
-        eval_items, skipped_eval = load_classification_items(year_dir, eval_split, classes, args.skip_bad)
-        trunk, winfo = load_alexnet_trunk(args.weights, seed=args.seed)
-    except (VOCError, WeightsError, ValueError) as exc:
-        raise SystemExit(f"error: {exc}") from exc
+    inp = load_voc07_inputs(args)
+    train_split, eval_split, classes = inp.train_split, inp.eval_split, inp.classes
+    train_items, skipped_train, eval_items, skipped_eval = (
+        inp.train_items,
+        inp.skipped_train,
+        inp.eval_items,
+        inp.skipped_eval,
+    )
+    trunk, winfo = inp.trunk, inp.weights
     cfg = FinetuneConfig(
         iterations=args.iterations,
         batch_size=args.batch_size,

@@ -9,7 +9,7 @@ import math
 import time
 from typing import Any
 
-from benchmarks.commands.transfer_cls import add_shared_voc_cls_arguments, print_table
+from benchmarks.commands.transfer_cls import add_shared_voc_cls_arguments, load_voc07_inputs, print_table
 
 TITLE = "frozen-feature VOC2007 linear SVM probes (Goyal et al. 2019)"
 
@@ -66,35 +66,29 @@ def run(args: argparse.Namespace) -> int:
     from benchmarks.presets.svm import PRESETS
     from pretrain.distributed import resolve_device
     from pretrain.runinfo import utc_now_iso
-    from transfer.classification import load_classification_items, resolve_classes
     from transfer.input_norm import resolve_input_norm
     from transfer.records import make_record, write_record
     from transfer.svm_probe import PROBE_LAYERS, SVMProtocol, VOCCentreCrops, extract_features, probe_layer
-    from transfer.voc import VOCError, resolve_year_dir
-    from transfer.weights import WeightsError, load_alexnet_trunk
 
     started, t0 = utc_now_iso(), time.perf_counter()
     apply_preset(args, PRESETS, args.preset)
     torch.manual_seed(args.seed)
     device = resolve_device(args.device)
-    train_split = args.train_split or "trainval"
-    eval_split = args.eval_split or "test"
-    if eval_split == train_split:
-        raise SystemExit(f"--eval-split {eval_split} equals --train-split; evaluation needs held-out images")
     layers = tuple(x.strip() for x in args.svm_layers.split(",") if x.strip())
     bad = [x for x in layers if x not in PROBE_LAYERS]
     if bad or not layers:
         raise SystemExit(f"error: --svm-layers {args.svm_layers!r}: unknown {bad}; choose from {PROBE_LAYERS}")
     if args.svm_primary_layer not in layers:
         raise SystemExit(f"error: --svm-primary-layer {args.svm_primary_layer} is not among --svm-layers")
-    try:
-        year_dir = resolve_year_dir(args.voc_root, "2007")
-        classes = resolve_classes(args.classes, year_dir, train_split)
-        train_items, skipped_train = load_classification_items(year_dir, train_split, classes, args.skip_bad)
-        eval_items, skipped_eval = load_classification_items(year_dir, eval_split, classes, args.skip_bad)
-        trunk, winfo = load_alexnet_trunk(args.weights, seed=args.seed)
-    except (VOCError, WeightsError, ValueError) as exc:
-        raise SystemExit(f"error: {exc}") from exc
+    inp = load_voc07_inputs(args)
+    train_split, eval_split, classes = inp.train_split, inp.eval_split, inp.classes
+    train_items, skipped_train, eval_items, skipped_eval = (
+        inp.train_items,
+        inp.skipped_train,
+        inp.eval_items,
+        inp.skipped_eval,
+    )
+    trunk, winfo = inp.trunk, inp.weights
     norm = resolve_input_norm(args.input_norm, winfo.kind)
     protocol = SVMProtocol(
         costs=_costs(args.svm_costs), layers=layers, image_size=args.svm_image_size, pooling=args.svm_pooling
