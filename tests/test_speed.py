@@ -9,6 +9,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -132,3 +133,19 @@ def test_image_cache_gives_identical_crops_and_is_reused(image_folder: Path, tmp
     other = UnlabeledImageDataset(paths, crop_size=64, resize_short=96, cache_dir=cache)
     assert other.cache_path(1) != cached_ds.cache_path(1)
     assert SeededDataset(other)[(1, 5)].shape == (3, 64, 64)
+
+
+def test_bench_pretrain_cache_dir_fills_the_cache(image_folder: Path, tmp_path: Path) -> None:
+    from benchmarks.cli import main
+
+    cache = tmp_path / "cache"
+    args = ["pretrain", "--data", str(image_folder), "--out", str(tmp_path / "run"), "--preset", "smoke"]
+    args += ["--iterations", "2", "--batch-size", "2", "--crop-size", "64", "--resize-short", "72"]
+    args += ["--device", "cpu", "--sample-every", "0", "--cache-dir", str(cache)]
+    assert main(args) == 0
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["cache_dir"] == str(cache) and config["channels_last"] is True
+    entries = list(cache.glob("*.npy"))
+    assert 1 <= len(entries) <= 4  # the 2 x 2 images the run loaded (fewer when the sampler drew one twice)
+    arr = np.load(entries[0])
+    assert arr.dtype == np.uint8 and arr.ndim == 3 and arr.shape[2] == 3 and min(arr.shape[:2]) == 72
