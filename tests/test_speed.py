@@ -8,6 +8,7 @@ import math
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -83,9 +84,9 @@ def test_bench_speed_quick_writes_report(tmp_path: Path, subprocess_env: dict[st
 def test_table_shows_unavailable_rows_and_feed_ratios() -> None:
     from benchmarks.speed import _add_feed_ratios
 
-    base = {"steps": 3, "median_step_s": 0.5, "gflop_per_step": None, "gflop_per_s": None, "mfu": None}
+    base: dict[str, Any] = {"steps": 3, "median_step_s": 0.5, "gflop_per_step": None, "gflop_per_s": None, "mfu": None}
     base |= {"peak_rss_mb": 100.0, "baseline_rss_mb": 50.0, "note": "", "feeds": None}
-    rows = [
+    rows: list[dict[str, Any]] = [
         {**base, "name": "ce_step", "precision": "bf16", "images_per_step": 16, "images_per_s": 40.0},
         {**base, "name": "ce_step", "precision": "fp32", "images_per_step": 16, "images_per_s": 20.0},
         {**base, "name": "data_loader", "precision": "jpeg", "images_per_step": 16, "images_per_s": 100.0}
