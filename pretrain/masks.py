@@ -1,0 +1,523 @@
+"""Region masks of the context encoder (Pathak et al. 2016, §3.3 and PAPER.md §3): which pixels are dropped.
+
+A mask is a bool tensor ``[N, 1, H, W]``, True = dropped pixel (the paper's ``M = 1``). Four strategies:
+
+- ``center``: the centre square, 1/4 of the area (paper §3.3 "central region"), optionally shrunk by ``overlap``
+  pixels per side as the 128-px inpainting network does (official ``train.lua``: ``overlapPred``).
+- ``random-block``: several smaller, possibly overlapping blocks covering up to 1/4 of the image (paper §3.3).
+- ``random-region``: the official Lua code's algorithm (``train.lua``): a 600x600 uniform noise field, bicubic
+  upscaled (10000x10000 in the Lua code), thresholded at 0.25; a random window is accepted when 20-30% of it is
+  masked.
+- ``voc-shapes``: the paper's text: PASCAL VOC 2012 object shapes (``SegmentationObject``), randomly deformed and
+  pasted at random places, covering up to 1/4 of the image.
+
+Every generator draws an independent mask per sample by default; ``per_batch=True`` draws one mask per batch and
+repeats it (the Lua code's behaviour). Every draw is a deterministic function of the ``torch.Generator`` passed to
+``sample``. Choices the paper leaves open are listed in ``docs/protocols/masks-and-data.md``.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+#: fill value of dropped pixels for images in [-1, 1]: the mean colour (117, 104, 123) of the official Lua code
+#: (``train.lua``: ``real_ctr[{{},{1},...}]:fill(2*117.0/255.0 - 1.0)`` and likewise 104, 123)
+PAPER_FILL: tuple[float, float, float] = (2 * 117 / 255 - 1, 2 * 104 / 255 - 1, 2 * 123 / 255 - 1)
+
+MASK_CHOICES: tuple[str, ...] = ("center", "random-block", "random-region", "voc-shapes")
+
+
+class MaskError(ValueError):
+    """A mask generator cannot be built (missing VOC masks, impossible options); the message says what to fix."""
+
+
+def _uniform(n: int, low: float, high: float, generator: torch.Generator) -> torch.Tensor:
+    return low + (high - low) * torch.rand(n, generator=generator)
+
+
+def _randint(n: int, low: torch.Tensor | int, high: torch.Tensor | int, generator: torch.Generator) -> torch.Tensor:
+    """Integers uniform in ``[low, high]`` (inclusive, elementwise) from one float draw per element."""
+    low_t = torch.as_tensor(low, dtype=torch.long)
+    high_t = torch.as_tensor(high, dtype=torch.long)
+    span = (high_t - low_t + 1).clamp(min=1).double()
+    return low_t + (torch.rand(n, generator=generator, dtype=torch.float64) * span).long().clamp(max=span.long() - 1)
+
+
+class MaskGenerator(ABC):
+    """Base class: ``sample(n, H, W, generator) -> bool [n, 1, H, W]`` (True = dropped).
+
+    Subclasses implement ``_sample`` (an independent mask per sample); this class adds the ``per_batch`` mode.
+    """
+
+    name: str = "mask"
+
+    def __init__(self, per_batch: bool = False) -> None:
+        self.per_batch = per_batch
+
+    def sample(self, n: int, height: int, width: int, generator: torch.Generator) -> torch.Tensor:
+        """Draw masks for a batch of ``n`` images of ``height`` x ``width``: bool ``[n, 1, H, W]``, True = dropped."""
+        if n < 0 or height < 1 or width < 1:
+            raise ValueError(f"invalid mask request n={n}, height={height}, width={width}")
+        if n == 0:
+            return torch.zeros(0, 1, height, width, dtype=torch.bool)
+        if self.per_batch:
+            return self._sample(1, height, width, generator).expand(n, 1, height, width).clone()
+        return self._sample(n, height, width, generator)
+
+    @abstractmethod
+    def _sample(self, n: int, height: int, width: int, generator: torch.Generator) -> torch.Tensor:
+        """``n`` independent masks, bool ``[n, 1, H, W]``."""
+
+    def describe(self) -> dict[str, object]:
+        """The options of this generator (for run configurations and export metadata)."""
+        return {"name": self.name, "per_batch": self.per_batch}
+
+    def __repr__(self) -> str:
+        opts = ", ".join(f"{k}={v!r}" for k, v in self.describe().items() if k != "name")
+        return f"{type(self).__name__}({opts})"
+
+
+class CenterMask(MaskGenerator):
+    """The central square (paper §3.3 "central region"): side ``fraction`` x size (1/4 of the area at 0.5),
+    shrunk by ``overlap`` px on each side.
+
+    The 128-px inpainting network of the official code predicts the 64x64 centre but drops only the centre shrunk by
+    ``overlapPred`` (paper: 7 px, official command: 4 px), so a ring of the true centre stays visible. The square
+    has side ``floor(fraction * size + 0.5) - 2 * overlap`` and starts at ``(size - side_without_overlap) // 2 +
+    overlap``; for 128 px and overlap 4 that is rows/cols 36..91 (the Lua code's 1-based ``1 + 32 + 4 .. 96 - 4``).
+    """
+
+    name = "center"
+
+    def __init__(self, fraction: float = 0.5, overlap: int = 0, per_batch: bool = False) -> None:
+        super().__init__(per_batch)
+        if not 0.0 < fraction <= 1.0:
+            raise MaskError(f"center mask fraction must be in (0, 1], got {fraction}")
+        if overlap < 0:
+            raise MaskError(f"center mask overlap must be >= 0, got {overlap}")
+        self.fraction = fraction
+        self.overlap = overlap
+
+    def region_box(self, height: int, width: int, overlap: int | None = None) -> tuple[int, int, int, int]:
+        """``(top, left, bottom, right)`` (exclusive end) of the centre square shrunk by ``overlap`` px."""
+        ov = self.overlap if overlap is None else overlap
+        side_h = math.floor(self.fraction * height + 0.5)
+        side_w = math.floor(self.fraction * width + 0.5)
+        top, left = (height - side_h) // 2, (width - side_w) // 2
+        if side_h - 2 * ov < 1 or side_w - 2 * ov < 1:
+            raise MaskError(f"overlap {ov} leaves no hole in a {side_h}x{side_w} centre of a {height}x{width} image")
+        return top + ov, left + ov, top + side_h - ov, left + side_w - ov
+
+    def _sample(self, n: int, height: int, width: int, generator: torch.Generator) -> torch.Tensor:
+        top, left, bottom, right = self.region_box(height, width)
+        mask = torch.zeros(n, 1, height, width, dtype=torch.bool)
+        mask[:, :, top:bottom, left:right] = True
+        return mask
+
+    def describe(self) -> dict[str, object]:
+        return {**super().describe(), "fraction": self.fraction, "overlap": self.overlap}
+
+
+class RandomBlockMask(MaskGenerator):
+    """Several smaller, possibly overlapping rectangular blocks covering up to ``max_coverage`` of the image
+    (paper §3.3 "random block"; the sizes and counts are this suite's choice, see the protocol doc).
+
+    Blocks are proposed one after another (``attempts`` proposals per mask); each block's height and width are drawn
+    independently and uniformly from ``[min_side, max_side]`` x image side, its position uniformly inside the image.
+    A block is kept when the union of kept blocks still covers at most ``max_coverage`` of the pixels and fewer than
+    ``max_blocks`` blocks are kept. The first block always fits (``max_side**2 <= max_coverage``), so coverage > 0.
+    """
+
+    name = "random-block"
+
+    def __init__(
+        self,
+        max_coverage: float = 0.25,
+        min_side: float = 1 / 8,
+        max_side: float = 1 / 4,
+        max_blocks: int = 10,
+        attempts: int = 30,
+        per_batch: bool = False,
+    ) -> None:
+        super().__init__(per_batch)
+        if not 0.0 < max_coverage <= 1.0:
+            raise MaskError(f"random-block max_coverage must be in (0, 1], got {max_coverage}")
+        if not 0.0 < min_side <= max_side <= 1.0:
+            raise MaskError(f"random-block needs 0 < min_side <= max_side <= 1, got {min_side}, {max_side}")
+        if max_side**2 > max_coverage:
+            raise MaskError(f"random-block max_side {max_side} gives blocks larger than max_coverage {max_coverage}")
+        if max_blocks < 1 or attempts < 1:
+            raise MaskError("random-block max_blocks and attempts must be >= 1")
+        self.max_coverage = max_coverage
+        self.min_side = min_side
+        self.max_side = max_side
+        self.max_blocks = max_blocks
+        self.attempts = attempts
+
+    def _sample(self, n: int, height: int, width: int, generator: torch.Generator) -> torch.Tensor:
+        limit = math.floor(self.max_coverage * height * width + 1e-9)
+        rows = torch.arange(height)
+        cols = torch.arange(width)
+
+        def side_range(size: int) -> tuple[int, int]:
+            lo = max(1, round(self.min_side * size))
+            hi = max(lo, math.floor(self.max_side * size))
+            return lo, hi
+
+        (h_lo, h_hi), (w_lo, w_hi) = side_range(height), side_range(width)
+        union = torch.zeros(n, height, width, dtype=torch.bool)
+        kept = torch.zeros(n, dtype=torch.long)
+        for _ in range(self.attempts):
+            bh = _randint(n, h_lo, h_hi, generator)
+            bw = _randint(n, w_lo, w_hi, generator)
+            y0 = _randint(n, 0, height - bh, generator)
+            x0 = _randint(n, 0, width - bw, generator)
+            in_rows = (rows[None] >= y0[:, None]) & (rows[None] < (y0 + bh)[:, None])
+            in_cols = (cols[None] >= x0[:, None]) & (cols[None] < (x0 + bw)[:, None])
+            proposal = union | (in_rows[:, :, None] & in_cols[:, None, :])
+            accept = (proposal.flatten(1).sum(1) <= limit) & (kept < self.max_blocks)
+            union = torch.where(accept[:, None, None], proposal, union)
+            kept += accept.long()
+            if bool((kept >= self.max_blocks).all()):
+                break
+        return union[:, None]
+
+    def describe(self) -> dict[str, object]:
+        return {
+            **super().describe(),
+            "max_coverage": self.max_coverage,
+            "min_side": self.min_side,
+            "max_side": self.max_side,
+            "max_blocks": self.max_blocks,
+            "attempts": self.attempts,
+        }
+
+
+class RandomRegionMask(MaskGenerator):
+    """Random region dropout as the official Lua code makes it (``train.lua``, ``opt.wtl2`` / random pattern).
+
+    Lua: ``low_pattern = uniform(600x600)`` (``res = 0.06`` x ``MAX_SIZE = 10000``), bicubic-upscaled to
+    10000x10000, ``pattern = lt(pattern, 0.25)``; then per batch a window of the image size is cut at a uniform
+    position and accepted when ``20 < area% < 30``, else redrawn.
+
+    Here the continuous upscaled field is built once (from ``seed``) at ``field_size`` x ``field_size`` and cached
+    (float16; 10000 as in Lua needs ~0.6 GB at build time, the default 2000 needs 8 MB). To keep the shapes'
+    scale in image pixels the same as the Lua code's whatever ``field_size`` is, a window spans
+    ``H * field_size / reference_field_size`` field pixels (``reference_field_size = 10000``, the Lua size); it
+    is bicubic-resized to ``H`` x ``W`` and then thresholded at ``density``. With ``field_size = 10000`` no resize
+    happens and the algorithm is the Lua one. Candidate windows are evaluated in batches; a sample that finds no
+    accepted window within ``max_tries`` raises ``MaskError`` (this happens only for impossible settings).
+    """
+
+    name = "random-region"
+
+    def __init__(
+        self,
+        noise_size: int = 600,
+        field_size: int = 2000,
+        density: float = 0.25,
+        min_coverage: float = 0.20,
+        max_coverage: float = 0.30,
+        max_tries: int = 2000,
+        seed: int = 0,
+        reference_field_size: int = 10000,
+        per_batch: bool = False,
+    ) -> None:
+        super().__init__(per_batch)
+        if noise_size < 4 or field_size < noise_size:
+            raise MaskError(f"random-region needs 4 <= noise_size <= field_size, got {noise_size}, {field_size}")
+        if not 0.0 <= min_coverage < max_coverage <= 1.0:
+            raise MaskError(
+                f"random-region needs 0 <= min_coverage < max_coverage <= 1, got {min_coverage}, {max_coverage}"
+            )
+        self.noise_size = noise_size
+        self.field_size = field_size
+        self.density = density
+        self.min_coverage = min_coverage
+        self.max_coverage = max_coverage
+        self.max_tries = max_tries
+        self.seed = seed
+        self.reference_field_size = reference_field_size
+        self._field: torch.Tensor | None = None
+
+    @property
+    def field(self) -> torch.Tensor:
+        """The cached continuous field ``[field_size, field_size]`` (float16), built on first use."""
+        if self._field is None:
+            gen = torch.Generator().manual_seed(self.seed)
+            noise = torch.rand(1, 1, self.noise_size, self.noise_size, generator=gen)
+            up = F.interpolate(noise, size=(self.field_size, self.field_size), mode="bicubic", align_corners=False)
+            self._field = up[0, 0].to(torch.float16)
+        return self._field
+
+    def window_size(self, height: int, width: int) -> tuple[int, int]:
+        scale = self.field_size / self.reference_field_size
+        wh, ww = max(2, round(height * scale)), max(2, round(width * scale))
+        if wh > self.field_size or ww > self.field_size:
+            raise MaskError(f"random-region field of {self.field_size} px is too small for {height}x{width} images")
+        return wh, ww
+
+    def _windows(self, k: int, height: int, width: int, generator: torch.Generator) -> torch.Tensor:
+        """``k`` thresholded candidate windows, bool ``[k, H, W]``."""
+        field = self.field
+        wh, ww = self.window_size(height, width)
+        y0 = _randint(k, 0, self.field_size - wh, generator)
+        x0 = _randint(k, 0, self.field_size - ww, generator)
+        r = y0[:, None] + torch.arange(wh)[None]
+        c = x0[:, None] + torch.arange(ww)[None]
+        win = field[r[:, :, None], c[:, None, :]].float()
+        if (wh, ww) != (height, width):
+            win = F.interpolate(win[:, None], size=(height, width), mode="bicubic", align_corners=False)[:, 0]
+        return win < self.density
+
+    def _sample(self, n: int, height: int, width: int, generator: torch.Generator) -> torch.Tensor:
+        out = torch.zeros(n, height, width, dtype=torch.bool)
+        pending = torch.arange(n)
+        tries = 0
+        per_round = 8  # candidates per pending sample per round (acceptance is ~20-40%)
+        while pending.numel() > 0:
+            if tries >= self.max_tries:
+                raise MaskError(
+                    f"random-region: no window with {self.min_coverage:.0%}-{self.max_coverage:.0%} coverage in "
+                    f"{self.max_tries} tries for {height}x{width} images (density {self.density}); "
+                    "check the coverage band and field options"
+                )
+            k = per_round * pending.numel()
+            cand = self._windows(k, height, width, generator).view(pending.numel(), per_round, height, width)
+            cov = cand.flatten(2).float().mean(2)
+            ok = (cov > self.min_coverage) & (cov < self.max_coverage)  # strict, as the Lua code's 20 < area < 30
+            has = ok.any(1)
+            first = ok.float().argmax(1)
+            idx = torch.nonzero(has).flatten()
+            out[pending[idx]] = cand[idx, first[idx]]
+            pending = pending[~has]
+            tries += per_round
+        return out[:, None]
+
+    def describe(self) -> dict[str, object]:
+        return {
+            **super().describe(),
+            "noise_size": self.noise_size,
+            "field_size": self.field_size,
+            "density": self.density,
+            "min_coverage": self.min_coverage,
+            "max_coverage": self.max_coverage,
+            "seed": self.seed,
+            "reference_field_size": self.reference_field_size,
+        }
+
+
+def load_voc_object_shapes(
+    voc_root: str | Path,
+    year: str = "2012",
+    split: str = "train",
+    resolution: int = 64,
+    min_object_pixels: int = 64,
+    max_shapes: int | None = None,
+) -> torch.Tensor:
+    """Object shapes of VOC ``SegmentationObject`` masks: bool ``[S, R, R]``, each object cropped to its box,
+    centred in a square and resized to ``resolution`` (object borders, label 255, are not part of a shape)."""
+    from transfer.voc import VOCError, read_image_set, resolve_year_dir
+
+    try:
+        year_dir = resolve_year_dir(voc_root, year)
+        ids = read_image_set(year_dir, split, kind="Segmentation")
+    except VOCError as exc:
+        raise MaskError(f"voc-shapes: {exc}") from exc
+    folder = year_dir / "SegmentationObject"
+    if not folder.is_dir():
+        raise MaskError(f"voc-shapes: no SegmentationObject folder at {folder}")
+    shapes: list[torch.Tensor] = []
+    for image_id in ids:
+        path = folder / f"{image_id}.png"
+        if not path.is_file():
+            continue
+        try:
+            with Image.open(path) as im:
+                arr = np.array(im if im.mode in ("P", "L") else im.convert("L"))
+        except OSError:
+            continue
+        for value in np.unique(arr):
+            if value in (0, 255):
+                continue
+            obj = arr == value
+            if int(obj.sum()) < min_object_pixels:
+                continue
+            ys, xs = np.nonzero(obj)
+            crop = obj[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+            side = max(crop.shape)
+            square = np.zeros((side, side), dtype=np.float32)
+            oy, ox = (side - crop.shape[0]) // 2, (side - crop.shape[1]) // 2
+            square[oy : oy + crop.shape[0], ox : ox + crop.shape[1]] = crop
+            t = torch.from_numpy(square)[None, None]
+            shapes.append(F.interpolate(t, size=(resolution, resolution), mode="area")[0, 0] >= 0.5)
+            if max_shapes is not None and len(shapes) >= max_shapes:
+                break
+        if max_shapes is not None and len(shapes) >= max_shapes:
+            break
+    shapes = [s for s in shapes if bool(s.any())]
+    if not shapes:
+        raise MaskError(
+            f"voc-shapes: no object masks (>= {min_object_pixels} px) found in {folder} for the images of "
+            f"ImageSets/Segmentation/{split}.txt; check --voc-root"
+        )
+    return torch.stack(shapes)
+
+
+class VOCShapeMask(MaskGenerator):
+    """Random region dropout as the paper describes it (§3.3): shapes of PASCAL VOC 2012 object segmentation masks,
+    randomly deformed and pasted at random places until up to 1/4 of the image is covered.
+
+    The deformation (this suite's choice, see the protocol doc): area fraction of the image per shape uniform in
+    ``[min_area, max_area]``, aspect ratio log-uniform in ``[1/max_aspect, max_aspect]``, rotation uniform in
+    ``[-max_rotation, max_rotation]`` degrees, horizontal flip with probability 1/2; the shape is placed at a uniform
+    position where it fits fully inside the image. ``attempts`` shapes are proposed per mask; a shape is kept when
+    the union still covers at most ``max_coverage`` (so coverage never exceeds it). All pastes of a batch are done
+    at once with ``affine_grid`` / ``grid_sample``.
+
+    ``split`` defaults to VOC2012 ``train``: ``val`` is the test split of the segmentation transfer.
+    """
+
+    name = "voc-shapes"
+
+    def __init__(
+        self,
+        voc_root: str | Path,
+        year: str = "2012",
+        split: str = "train",
+        max_coverage: float = 0.25,
+        min_area: float = 0.03,
+        max_area: float = 0.15,
+        max_aspect: float = 1.5,
+        max_rotation: float = 30.0,
+        attempts: int = 8,
+        resolution: int = 64,
+        min_object_pixels: int = 64,
+        max_shapes: int | None = None,
+        per_batch: bool = False,
+    ) -> None:
+        super().__init__(per_batch)
+        if not 0.0 < min_area <= max_area < max_coverage <= 1.0:
+            raise MaskError(
+                f"voc-shapes needs 0 < min_area <= max_area < max_coverage <= 1, got {min_area}, "
+                f"{max_area}, {max_coverage}"
+            )
+        self.voc_root = str(voc_root)
+        self.year = year
+        self.split = split
+        self.max_coverage = max_coverage
+        self.min_area = min_area
+        self.max_area = max_area
+        self.max_aspect = max_aspect
+        self.max_rotation = max_rotation
+        self.attempts = attempts
+        self.resolution = resolution
+        self.shapes = load_voc_object_shapes(voc_root, year, split, resolution, min_object_pixels, max_shapes)
+        #: fraction of each shape's square that the object fills (to scale a shape to a target area)
+        self.fill_fraction = self.shapes.flatten(1).float().mean(1)
+
+    def _paste(self, n: int, height: int, width: int, scale: float, generator: torch.Generator) -> torch.Tensor:
+        """One randomly chosen, deformed and placed shape per sample: bool ``[n, H, W]``."""
+        idx = _randint(n, 0, self.shapes.shape[0] - 1, generator)
+        area = _uniform(n, self.min_area, self.max_area, generator) * scale
+        log_a = math.log(self.max_aspect)
+        aspect = torch.exp(_uniform(n, -log_a, log_a, generator))
+        angle = torch.deg2rad(_uniform(n, -self.max_rotation, self.max_rotation, generator))
+        flip = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0)
+        u_x, u_y = torch.rand(n, generator=generator), torch.rand(n, generator=generator)
+        # size in pixels of the shape's square so that the object covers `area` of the image
+        sq_area = area * height * width / self.fill_fraction[idx].clamp(min=1e-3)
+        bw = torch.sqrt(sq_area * aspect)
+        bh = torch.sqrt(sq_area / aspect)
+        cos, sin = torch.cos(angle), torch.sin(angle)
+        half_x = (cos.abs() * bw + sin.abs() * bh) / 2  # half extent of the rotated square
+        half_y = (sin.abs() * bw + cos.abs() * bh) / 2
+        cx = torch.where(half_x * 2 < width, half_x + u_x * (width - 2 * half_x), torch.full_like(u_x, width / 2))
+        cy = torch.where(half_y * 2 < height, half_y + u_y * (height - 2 * half_y), torch.full_like(u_y, height / 2))
+        # output pixel p (pixels, centred at the shape centre) -> shape coordinates: diag(2/bw, 2/bh) R(-angle) p
+        a11, a12 = cos * 2 / bw * flip, sin * 2 / bw * flip
+        a21, a22 = -sin * 2 / bh, cos * 2 / bh
+        # normalised output coordinates x_n = (x_pix + 0.5) * 2 / W - 1 (align_corners=False)
+        sx, sy = width / 2, height / 2
+        ox, oy = sx - cx, sy - cy  # pixel offset of the image centre from the shape centre
+        theta = torch.stack(
+            [
+                torch.stack([a11 * sx, a12 * sy, a11 * ox + a12 * oy], 1),
+                torch.stack([a21 * sx, a22 * sy, a21 * ox + a22 * oy], 1),
+            ],
+            1,
+        )
+        grid = F.affine_grid(theta, [n, 1, height, width], align_corners=False)
+        src = self.shapes[idx][:, None].float()
+        return F.grid_sample(src, grid, mode="bilinear", padding_mode="zeros", align_corners=False)[:, 0] >= 0.5
+
+    def _sample(self, n: int, height: int, width: int, generator: torch.Generator) -> torch.Tensor:
+        limit = math.floor(self.max_coverage * height * width + 1e-9)
+        union = torch.zeros(n, height, width, dtype=torch.bool)
+        for _ in range(self.attempts):
+            proposal = union | self._paste(n, height, width, 1.0, generator)
+            accept = proposal.flatten(1).sum(1) <= limit
+            union = torch.where(accept[:, None, None], proposal, union)
+        # a sample whose every proposal overshot (rare) gets smaller shapes until one fits
+        for scale in (0.5, 0.25, 0.1, 0.05):
+            empty = ~union.flatten(1).any(1)
+            if not bool(empty.any()):
+                break
+            ids = torch.nonzero(empty).flatten()
+            pasted = self._paste(ids.numel(), height, width, scale, generator)
+            fits = pasted.flatten(1).sum(1) <= limit
+            union[ids[fits]] = pasted[fits]
+        return union[:, None]
+
+    def describe(self) -> dict[str, object]:
+        return {
+            **super().describe(),
+            "voc_root": self.voc_root,
+            "year": self.year,
+            "split": self.split,
+            "shapes": int(self.shapes.shape[0]),
+            "max_coverage": self.max_coverage,
+            "min_area": self.min_area,
+            "max_area": self.max_area,
+            "max_aspect": self.max_aspect,
+            "max_rotation": self.max_rotation,
+            "attempts": self.attempts,
+            "resolution": self.resolution,
+        }
+
+
+def build_mask(
+    name: str, *, per_batch: bool = False, voc_root: str | Path | None = None, **options: object
+) -> MaskGenerator:
+    """Build a mask generator by name (one of ``MASK_CHOICES``); ``options`` go to its constructor."""
+    if name == "center":
+        return CenterMask(per_batch=per_batch, **options)  # type: ignore[arg-type]
+    if name == "random-block":
+        return RandomBlockMask(per_batch=per_batch, **options)  # type: ignore[arg-type]
+    if name == "random-region":
+        return RandomRegionMask(per_batch=per_batch, **options)  # type: ignore[arg-type]
+    if name == "voc-shapes":
+        if voc_root is None:
+            raise MaskError(
+                "mask 'voc-shapes' needs voc_root (--voc-root): a VOC devkit with VOC2012 SegmentationObject masks"
+            )
+        return VOCShapeMask(voc_root, per_batch=per_batch, **options)  # type: ignore[arg-type]
+    raise MaskError(f"unknown mask {name!r}; choose one of {', '.join(MASK_CHOICES)}")
+
+
+def apply_mask(
+    images: torch.Tensor, mask: torch.Tensor, fill: tuple[float, float, float] | torch.Tensor = PAPER_FILL
+) -> torch.Tensor:
+    """Masked input: ``images [N, 3, H, W]`` with dropped pixels (``mask [N, 1, H, W]`` True) set to ``fill``
+    (default the paper's mean colour). Returns a new tensor; ``images`` is not changed."""
+    if mask.dtype != torch.bool:
+        mask = mask > 0.5
+    fill_t = torch.as_tensor(fill, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+    return torch.where(mask.to(images.device), fill_t, images)
