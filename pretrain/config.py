@@ -1,0 +1,104 @@
+"""The resolved configuration of one ``bench pretrain`` run.
+
+``PretrainConfig`` is the single place a reader can check a run's protocol against the paper: the CLI fills it
+from (highest priority first) explicit flags, the preset (``benchmarks/presets/pretrain.py``, with the method's
+own preset overrides), and the method's option defaults. It is written to ``config.json`` in the run folder and
+stored inside every checkpoint; ``--resume`` checks that the protocol-relevant fields did not change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+#: fields that may differ between an interrupted run and its ``--resume`` (they do not change the trained weights)
+RESUME_MUTABLE_FIELDS: frozenset[str] = frozenset(
+    {
+        "out",
+        "iterations",
+        "stop_after",
+        "resume",
+        "preset",
+        "workers",
+        "device",
+        "log_every",
+        "sample_every",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "tensorboard",
+        "scan_workers",
+        "data",
+        "voc_root",
+    }
+)
+
+
+@dataclass
+class PretrainConfig:
+    """Every value a pretraining run depends on. Defaults are the ``paper`` preset of the context encoder;
+    sources are given in ``benchmarks/presets/pretrain.py`` and docs/protocols/pretraining.md."""
+
+    data: str
+    out: str
+    method: str = "context-encoder"
+    preset: str = "paper"
+    # region masks (pretrain/masks.py)
+    mask: str = "random-region"
+    mask_per_batch: bool = False
+    voc_root: str | None = None
+    # data (pretrain/data.py): shorter side resized, random crop, horizontal flip
+    crop_size: int = 227
+    resize_short: int = 256
+    flip: bool = True
+    # schedule and optimiser (Adam, constant learning rate)
+    iterations: int = 100_000
+    batch_size: int = 64
+    lr: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    weight_decay: float = 0.0
+    # context-encoder network (pretrain/models/context_encoder.py)
+    widths: str = "torchvision"
+    dropout: float = 0.5
+    decoder_channels: tuple[int, ...] = (128, 64, 64, 32)
+    output_align: str = "resize"
+    init: str = "default"
+    # execution
+    precision: str = "fp32"
+    seed: int = 0
+    device: str = "auto"
+    workers: int = 2
+    scan_workers: int = 0
+    # bookkeeping
+    log_every: int = 20
+    sample_every: int = 1000
+    checkpoint_every: int = 5000
+    keep_checkpoints: int = 3
+    tensorboard: bool = False
+    stop_after: int | None = None
+    resume: bool = False
+    #: options a method declares for itself (``PretrainMethod.options``), e.g. the inpainting net's ``lr_d``
+    method_options: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["decoder_channels"] = list(self.decoder_channels)
+        return out
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> PretrainConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in values.items() if k in names}
+        if "decoder_channels" in kwargs:
+            kwargs["decoder_channels"] = tuple(int(c) for c in kwargs["decoder_channels"])
+        return cls(**kwargs)
+
+    def resume_conflicts(self, saved: dict[str, Any]) -> list[str]:
+        """Fields whose value differs from a saved run's config and would change the trained weights."""
+        mine = self.to_dict()
+        return sorted(
+            f"{k}: run has {saved[k]!r}, now {mine[k]!r}"
+            for k in mine
+            if k in saved and k not in RESUME_MUTABLE_FIELDS and saved[k] != mine[k]
+        )

@@ -1,0 +1,322 @@
+"""The pretraining loop: deterministic per-iteration seeding, one ``train_one_iteration`` and the ``train_loop``
+around it (MAE's ``engine_pretrain.py`` split; the wiring of arguments, data and method is in
+``benchmarks/commands/pretrain.py``).
+
+Reproducibility and ``--resume``: every random draw of iteration ``i`` on rank ``r`` comes from seeds derived from
+``(seed, stream, i, r)`` (``derive_seed``): the images of the batch and their augmentation (``IterationBatchSampler``
++ ``SeededDataset``, independent of the number of DataLoader workers), the masks (a CPU ``torch.Generator`` handed
+to the method) and the global torch/numpy/python RNGs used by dropout. The checkpoint holds model, optimizer,
+iteration and the RNG states, so a run stopped after iteration ``k`` and resumed ends with weights identical to a run
+that never stopped. The schedule is iteration based with a constant Adam learning rate (the official Lua code
+never decays it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from pretrain.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_FORMAT_VERSION, atomic_torch_save, load_checkpoint
+from pretrain.config import PretrainConfig
+from pretrain.distributed import DistributedContext, all_reduce_sum
+from pretrain.methods import NonFiniteLossError, PretrainMethod
+from pretrain.runinfo import code_version
+
+CHECKPOINT_PATTERN = "ckpt_{iteration:08d}.pt"
+
+
+def derive_seed(seed: int, stream: str, *parts: int) -> int:
+    """A 63-bit seed for one random stream of one iteration/rank, independent of every other stream."""
+    text = ":".join([str(seed), stream, *(str(p) for p in parts)])
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") & ((1 << 63) - 1)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch (CPU and CUDA), numpy and python ``random``."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % (1 << 32))
+    random.seed(seed)
+
+
+@contextlib.contextmanager
+def seeded_rngs(seed: int) -> Iterator[None]:
+    """Run a block with all global CPU RNGs seeded by ``seed``, restoring their previous states afterwards."""
+    np_state, py_state = np.random.get_state(), random.getstate()
+    with torch.random.fork_rng(devices=[]):
+        seed_everything(seed)
+        try:
+            yield
+        finally:
+            np.random.set_state(np_state)
+            random.setstate(py_state)
+
+
+class IterationBatchSampler(Sampler[list[tuple[int, int]]]):
+    """Batches of ``(index, augmentation seed)`` for iterations ``start .. end-1`` of one rank.
+
+    The stream of images is a sequence of epochs, each a permutation of the dataset drawn from
+    ``(seed, "epoch", e)``; the global batch of iteration ``i`` is positions ``[i*B*W, (i+1)*B*W)`` of that stream
+    and rank ``r`` takes its ``B`` consecutive positions (a distributed sampler without padding). The batch of any
+    iteration is therefore computable without replaying the earlier ones, which is what ``--resume`` needs.
+    """
+
+    def __init__(
+        self, size: int, batch_size: int, start: int, end: int, seed: int, rank: int = 0, world_size: int = 1
+    ) -> None:
+        if size <= 0:
+            raise ValueError("cannot sample from an empty dataset")
+        self.size, self.batch_size, self.start, self.end = size, batch_size, start, end
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self._epoch, self._perm = -1, torch.empty(0, dtype=torch.long)
+
+    def _index(self, position: int) -> int:
+        epoch, offset = divmod(position, self.size)
+        if epoch != self._epoch:
+            gen = torch.Generator().manual_seed(derive_seed(self.seed, "epoch", epoch))
+            self._epoch, self._perm = epoch, torch.randperm(self.size, generator=gen)
+        return int(self._perm[offset])
+
+    def batch(self, iteration: int) -> list[tuple[int, int]]:
+        first = (iteration * self.world_size + self.rank) * self.batch_size
+        return [
+            (self._index(first + j), derive_seed(self.seed, "augment", iteration, self.rank, j))
+            for j in range(self.batch_size)
+        ]
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for iteration in range(self.start, self.end):
+            yield self.batch(iteration)
+
+    def __len__(self) -> int:
+        return max(0, self.end - self.start)
+
+
+class SeededDataset(Dataset[torch.Tensor]):
+    """Wraps an image dataset so that item ``(index, seed)`` is augmented with RNGs seeded by ``seed``: the same
+    crop and flip whichever worker process loads it."""
+
+    def __init__(self, dataset: Dataset[torch.Tensor]) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, item: tuple[int, int]) -> torch.Tensor:
+        index, seed = item
+        with seeded_rngs(seed):
+            return self.dataset[index]
+
+
+# -- RNG state and checkpoints -------------------------------------------------------------------------------------
+def rng_state() -> dict[str, Any]:
+    """Every global RNG state, in types ``torch.load(weights_only=True)`` accepts."""
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "keys": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "python": {"version": py_state[0], "state": list(py_state[1]), "gauss": py_state[2]},
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    npd = state["numpy"]
+    np.random.set_state(
+        ("MT19937", npd["keys"].numpy().astype(np.uint32), npd["pos"], npd["has_gauss"], npd["cached_gaussian"])
+    )
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def checkpoint_path(run_dir: Path, iteration: int) -> Path:
+    return run_dir / "checkpoints" / CHECKPOINT_PATTERN.format(iteration=iteration)
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    folder = Path(run_dir) / "checkpoints"
+    return sorted(folder.glob("ckpt_*.pt")) if folder.is_dir() else []
+
+
+def save_checkpoint(method: PretrainMethod, config: PretrainConfig, run_dir: Path, iteration: int, keep: int) -> Path:
+    """Write ``checkpoints/ckpt_<iteration>.pt`` atomically (layout: ``pretrain/checkpoint.py``), then delete all
+    but the newest ``keep`` checkpoints."""
+    state = method.state_dict()
+    ckpt = {
+        "format": CHECKPOINT_FORMAT,
+        "format_version": CHECKPOINT_FORMAT_VERSION,
+        "method": method.name,
+        "iteration": iteration,
+        "model": state["model"],
+        "optimizer": state["optimizer"],
+        "schedule": {"iteration": iteration, "lr": config.lr, "kind": "constant"},
+        "rng": rng_state(),
+        "config": config.to_dict(),
+        "code_version": code_version(),
+    }
+    encoder = method.encoder_state_dict()
+    if encoder is not None:
+        ckpt["encoder"] = encoder
+    path = atomic_torch_save(ckpt, checkpoint_path(run_dir, iteration))
+    if keep > 0:
+        for old in list_checkpoints(run_dir)[:-keep]:
+            old.unlink()
+    return path
+
+
+def restore_checkpoint(method: PretrainMethod, path: Path) -> dict[str, Any]:
+    """Load ``path`` (weights_only) into ``method`` and the global RNGs; return the checkpoint dict."""
+    ckpt = load_checkpoint(path)
+    if ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not a `bench pretrain` checkpoint (format {ckpt.get('format')!r})")
+    if ckpt.get("method") != method.name:
+        raise ValueError(f"{path} was written by method {ckpt.get('method')!r}, not {method.name!r}")
+    method.load_state_dict({"model": ckpt["model"], "optimizer": ckpt["optimizer"]})
+    set_rng_state(ckpt["rng"])
+    return ckpt
+
+
+# -- logging ----------------------------------------------------------------------------------------------------
+@dataclass
+class RunLogger:
+    """JSON lines in ``log.jsonl`` (DINO's ``log.txt``) and, optionally, TensorBoard scalars; rank 0 only."""
+
+    run_dir: Path
+    enabled: bool
+    tensorboard: bool = False
+    _tb: Any = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        if self.enabled and self.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
+
+    def log(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with open(self.run_dir / "log.jsonl", "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record, sort_keys=True) + "\n")
+        if self._tb is not None and "iteration" in record:
+            for key, value in record.items():
+                if isinstance(value, int | float) and key != "iteration":
+                    self._tb.add_scalar(f"pretrain/{key}", value, record["iteration"])
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+
+def save_sample_grid(
+    method: PretrainMethod, images: torch.Tensor, path: Path, seed: int, iteration: int, write: bool, count: int = 8
+) -> None:
+    """PNG with one row per image: masked input | prediction | original. Computed on every rank (networks with
+    buffers would otherwise leave DDP collectives unmatched), written by rank 0."""
+    from torchvision.utils import save_image
+
+    gen = torch.Generator().manual_seed(derive_seed(seed, "grid", iteration))
+    batch = images[:count]
+    method.train(False)
+    try:
+        with seeded_rngs(derive_seed(seed, "grid-rng", iteration)):
+            masked, pred, original = method.sample_grid(batch, gen)
+    finally:
+        method.train(True)
+    if write:
+        tiles = torch.stack([masked, pred, original], dim=1).flatten(0, 1).float().cpu()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_image((tiles.clamp(-1, 1) + 1) / 2, str(path), nrow=3, padding=2)
+
+
+# -- the loop ---------------------------------------------------------------------------------------------------
+def train_one_iteration(
+    method: PretrainMethod, images: torch.Tensor, config: PretrainConfig, iteration: int, rank: int
+) -> dict[str, float]:
+    """One optimisation step of ``method`` with the RNGs of ``(seed, iteration, rank)``."""
+    seed_everything(derive_seed(config.seed, "step", iteration, rank))
+    mask_gen = torch.Generator().manual_seed(derive_seed(config.seed, "mask", iteration, rank))
+    stats = method.training_step(images, mask_gen)
+    loss = stats.get("loss", 0.0)
+    if not math.isfinite(loss):
+        raise NonFiniteLossError(f"{method.name}: loss is {loss} at iteration {iteration + 1}")
+    return stats
+
+
+@dataclass
+class LoopResult:
+    iteration: int
+    last_stats: dict[str, float]
+    images_per_second: float
+    seconds: float
+
+
+def train_loop(
+    method: PretrainMethod,
+    loader: Iterator[torch.Tensor] | Any,
+    config: PretrainConfig,
+    ctx: DistributedContext,
+    run_dir: Path,
+    start: int,
+    end: int,
+    logger: RunLogger,
+    progress: Callable[..., Any] | None = None,
+) -> LoopResult:
+    """Train iterations ``start .. end-1`` from ``loader`` (which yields exactly those batches), logging every
+    ``log_every``, writing a sample grid every ``sample_every`` and a checkpoint every ``checkpoint_every``
+    iterations and at ``end``. A non-finite loss raises ``NonFiniteLossError`` before any weight changes; the
+    checkpoints already on disk are untouched."""
+    method.train(True)
+    global_batch = config.batch_size * ctx.world_size
+    bar = progress(total=end, initial=start, desc=f"pretrain {method.name}", unit="it") if progress else None
+    t_start = t_window = time.perf_counter()
+    window_images, stats, iteration = 0, {}, start
+    speed = 0.0
+    for iteration, images in enumerate(loader, start=start):
+        images = images.to(ctx.device, non_blocking=True)
+        stats = train_one_iteration(method, images, config, iteration, ctx.rank)
+        done = iteration + 1
+        window_images += global_batch
+        if done % config.log_every == 0 or done == end:
+            values = torch.tensor([stats.get(k, 0.0) for k in sorted(stats)], dtype=torch.float64)
+            reduced = all_reduce_sum(values.to(ctx.device) if ctx.device.type == "cuda" else values).cpu()
+            mean = {k: float(v) / ctx.world_size for k, v in zip(sorted(stats), reduced.tolist(), strict=True)}
+            now = time.perf_counter()
+            speed = window_images / max(now - t_window, 1e-9)
+            t_window, window_images = now, 0
+            logger.log({"iteration": done, "lr": config.lr, "images_per_s": round(speed, 2), **mean})
+            if bar is not None:
+                bar.set_postfix(loss=f"{mean.get('loss', float('nan')):.4f}", img_s=f"{speed:.1f}")
+        if config.sample_every > 0 and (done % config.sample_every == 0 or done == end):
+            grid = run_dir / "samples" / f"iter_{done:08d}.png"
+            save_sample_grid(method, images, grid, config.seed, done, write=ctx.is_main)
+        if ctx.is_main and (done % config.checkpoint_every == 0 or done == end):
+            save_checkpoint(method, config, run_dir, done, config.keep_checkpoints)
+        if bar is not None:
+            bar.update(1)
+        iteration = done
+    if bar is not None:
+        bar.close()
+    seconds = time.perf_counter() - t_start
+    return LoopResult(iteration=iteration, last_stats=stats, images_per_second=speed, seconds=seconds)
