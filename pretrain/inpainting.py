@@ -108,7 +108,7 @@ class InpaintingMethod(PretrainMethod):
         # 14,900 Paris StreetView training images = 500 x ceil(14900/64) = 116,500 iterations
         "paper": {"mask": "center", "crop_size": 128, "resize_short": 350, "batch_size": 64, "lr": 2e-4,
                   "iterations": 116_500},
-        "smoke": {"mask": "center", "crop_size": 128, "resize_short": 160, "batch_size": 16, "lr": 2e-4},
+        "smoke": {"mask": "center", "crop_size": 128, "resize_short": 350, "batch_size": 16, "lr": 2e-4},
     }
 
     def __init__(self, config: PretrainConfig, device: torch.device) -> None:
@@ -127,13 +127,25 @@ class InpaintingMethod(PretrainMethod):
         generator = self.add_network("generator", InpaintingGenerator(**gen_cfg))
         discriminator = self.add_network("discriminator", InpaintingDiscriminator(input_size=gen_cfg["output_size"]))
         g_lr = config.lr * float(self.option("g_lr_factor")) if 0.0 < self.adv_weight < 1.0 else config.lr
-        self.optimizers["generator"] = self.adam(generator.parameters(), g_lr)
-        self.optimizers["discriminator"] = self.adam(discriminator.parameters(), config.lr)
+        self.optimizers["generator"] = self._adam(generator, g_lr)
+        self.optimizers["discriminator"] = self._adam(discriminator, config.lr)
         if self.centre:
             self.mask_generator = CenterMask(overlap=self.overlap, per_batch=config.mask_per_batch)
             self.region_mask = CenterMask(overlap=0)
         else:
             self.mask_generator = self.build_mask_generator()
+
+    def _adam(self, network: torch.nn.Module, lr: float) -> torch.optim.Adam:
+        """Adam (betas and weight decay of the run; beta1 0.5 from the Lua code). The fused implementation gives
+        the same update and is several times faster on CPU for the 71M generator parameters."""
+        fused = self.device.type in ("cpu", "cuda")
+        return torch.optim.Adam(
+            network.parameters(),
+            lr=lr,
+            betas=(self.config.beta1, self.config.beta2),
+            weight_decay=self.config.weight_decay,
+            fused=fused or None,
+        )
 
     # -- pieces of one iteration --------------------------------------------------------------------------------
     def _region_box(self, h: int, w: int) -> tuple[int, int, int, int]:

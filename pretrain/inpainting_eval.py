@@ -68,14 +68,16 @@ class EvalProtocol:
 # -- images and masks -------------------------------------------------------------------------------------------
 def load_eval_image(path: str | Path, protocol: EvalProtocol = EvalProtocol()) -> np.ndarray:
     """The protocol's deterministic crop of one image: ``float32 [crop, crop, 3]`` in [0, 1]."""
+    from pretrain.data import to_rgb8
+
     path = Path(path)
     try:
         with Image.open(path) as im:
-            im = im.convert("RGB")
             im.load()
+            rgb = to_rgb8(im)
     except (OSError, ValueError) as exc:
         raise InpaintEvalError(f"{path}: cannot read image ({exc})") from exc
-    return crop_for_eval(im, protocol, name=str(path))
+    return crop_for_eval(rgb, protocol, name=str(path))
 
 
 def crop_for_eval(im: Image.Image, protocol: EvalProtocol = EvalProtocol(), name: str = "image") -> np.ndarray:
