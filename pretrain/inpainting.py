@@ -99,23 +99,28 @@ class InpaintingMethod(PretrainMethod):
             10.0,
             "generator lr = factor x --lr (the discriminator's) under the joint loss (official train.lua: 10)",
         ),
-        MethodOption(
-            "bottleneck", _positive_int, BOTTLENECK, "size of the code (official command: nBottleneck=4000)"
-        ),
+        MethodOption("bottleneck", _positive_int, BOTTLENECK, "size of the code (official command: nBottleneck=4000)"),
     )
     preset_overrides: ClassVar[dict[str, dict[str, Any]]] = {
         # official command: fineSize=128 loadSize=350 batchSize=64 lr=0.0002 beta1=0.5, niter=500 epochs of the
         # 14,900 Paris StreetView training images = 500 x ceil(14900/64) = 116,500 iterations
-        "paper": {"mask": "center", "crop_size": 128, "resize_short": 350, "batch_size": 64, "lr": 2e-4,
-                  "iterations": 116_500},
+        "paper": {
+            "mask": "center",
+            "crop_size": 128,
+            "resize_short": 350,
+            "batch_size": 64,
+            "lr": 2e-4,
+            "iterations": 116_500,
+        },
         "smoke": {"mask": "center", "crop_size": 128, "resize_short": 350, "batch_size": 16, "lr": 2e-4},
     }
 
     def __init__(self, config: PretrainConfig, device: torch.device) -> None:
         super().__init__(config, device)
         if config.crop_size != FINE_SIZE:
-            raise ValueError(f"the inpainting network takes {FINE_SIZE}x{FINE_SIZE} crops; got --crop-size "
-                             f"{config.crop_size}")
+            raise ValueError(
+                f"the inpainting network takes {FINE_SIZE}x{FINE_SIZE} crops; got --crop-size {config.crop_size}"
+            )
         self.adv_weight = float(self.option("adv_weight"))
         if not 0.0 <= self.adv_weight < 1.0:
             raise ValueError(f"--adv-weight must be in [0, 1), got {self.adv_weight}")
@@ -124,7 +129,9 @@ class InpaintingMethod(PretrainMethod):
         self.centre = config.mask == "center"
         gen_cfg = generator_config(config)
         torch.manual_seed(config.seed)  # the networks' initialisation depends on the seed only
-        generator = self.add_network("generator", InpaintingGenerator(**gen_cfg))
+        generator = self.add_network(
+            "generator", InpaintingGenerator(bottleneck=gen_cfg["bottleneck"], output_size=gen_cfg["output_size"])
+        )
         discriminator = self.add_network("discriminator", InpaintingDiscriminator(input_size=gen_cfg["output_size"]))
         g_lr = config.lr * float(self.option("g_lr_factor")) if 0.0 < self.adv_weight < 1.0 else config.lr
         self.optimizers["generator"] = self._adam(generator, g_lr)
@@ -239,14 +246,16 @@ def _resolve_weights_file(source: str | Path) -> Path:
     if path.is_dir():
         ckpts = sorted((path / "checkpoints").glob("ckpt_*.pt"))
         if not ckpts:
-            raise CheckpointError(f"{path}: no checkpoints/ckpt_*.pt in this run folder (is it a `bench pretrain` run?)")
+            raise CheckpointError(
+                f"{path}: no checkpoints/ckpt_*.pt in this run folder (is it a `bench pretrain` run?)"
+            )
         return ckpts[-1]
     if not path.is_file():
         raise CheckpointError(f"weights not found: {path}")
     return path
 
 
-def _read_state(path: Path) -> dict[str, torch.Tensor]:
+def _read_state(path: Path) -> dict[str, Any]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -272,7 +281,7 @@ def load_generator(source: str | Path, device: torch.device | str = "cpu") -> Lo
                 "inpainting` (generator + discriminator)"
             )
         config = dict(obj.get("config") or {})
-        iteration = obj.get("iteration")
+        iteration = int(obj["iteration"]) if obj.get("iteration") is not None else None
         state = {k[len("generator.") :]: v for k, v in obj["model"].items() if k.startswith("generator.")}
     else:
         state = {(k[len("generator.") :] if k.startswith("generator.") else k): v for k, v in obj.items()}
@@ -286,7 +295,7 @@ def load_generator(source: str | Path, device: torch.device | str = "cpu") -> Lo
             "bottleneck": int(bottleneck.shape[0]) if bottleneck is not None else BOTTLENECK,
             "output_size": FINE_SIZE if "decoder.14.weight" in state else 64,
         }
-    generator = InpaintingGenerator(**gen_kwargs)
+    generator = InpaintingGenerator(bottleneck=gen_kwargs["bottleneck"], output_size=gen_kwargs["output_size"])
     expected = generator.state_dict()
     for key, value in expected.items():
         if key not in state:

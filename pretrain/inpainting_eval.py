@@ -92,7 +92,9 @@ def crop_for_eval(im: Image.Image, protocol: EvalProtocol = EvalProtocol(), name
         target = max(target, size)
     if target and short != target:
         scale = target / short
-        im = im.resize((max(size, round(im.size[0] * scale)), max(size, round(im.size[1] * scale))), Image.BILINEAR)
+        im = im.resize(
+            (max(size, round(im.size[0] * scale)), max(size, round(im.size[1] * scale))), Image.Resampling.BILINEAR
+        )
     left = (im.size[0] - size) // 2
     top = (im.size[1] - size) // 2
     im = im.crop((left, top, left + size, top + size))
@@ -154,9 +156,7 @@ def region_errors(completed: np.ndarray, original: np.ndarray, region: np.ndarra
     return {"L1": float(np.mean(np.abs(diff))), "L2": l2, "PSNR": psnr_from_mse(l2)}
 
 
-def image_errors(
-    completed: np.ndarray, original: np.ndarray, hole: np.ndarray, region: np.ndarray
-) -> dict[str, float]:
+def image_errors(completed: np.ndarray, original: np.ndarray, hole: np.ndarray, region: np.ndarray) -> dict[str, float]:
     """Per-image values ``{"L1_center", "L2_center", "PSNR_center", "L1_hole", ...}`` (fractions, dB)."""
     out: dict[str, float] = {}
     for name, mask in (("center", region), ("hole", hole)):

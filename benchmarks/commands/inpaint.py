@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
         fill = network_inpainter(loaded.generator, device)
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        rows = []
+        rows: list[np.ndarray] = []
         for i, path in enumerate(tqdm(paths, desc="inpaint", unit="img")):
             image = load_eval_image(path, protocol)
             completed = fill(image, hole)
@@ -122,6 +122,8 @@ def run(args: argparse.Namespace) -> int:
         atomic_write_bytes(out / "grid.png", buf.getvalue())
     except (CheckpointError, DataError, InpaintEvalError, ValueError) as exc:
         raise SystemExit(f"bench inpaint: {exc}") from exc
-    print(f"filled {len(paths)} image(s) with {loaded.path} (overlap {overlap} px) -> {out} (grid.png: masked input | "
-          "result | original)")
+    print(
+        f"filled {len(paths)} image(s) with {loaded.path} (overlap {overlap} px) -> {out} (grid.png: masked input | "
+        "result | original)"
+    )
     return 0

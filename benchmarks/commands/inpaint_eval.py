@@ -118,7 +118,9 @@ def run(args: argparse.Namespace) -> int:
             from pretrain.inpainting import load_generator
 
             loaded = load_generator(args.weights, device)
-            overlap = args.overlap if args.overlap is not None else (loaded.overlap if loaded.overlap is not None else 7)
+            overlap = (
+                args.overlap if args.overlap is not None else (loaded.overlap if loaded.overlap is not None else 7)
+            )
             method = "inpainting" if (loaded.adv_weight is None or loaded.adv_weight > 0) else "inpainting-l2"
             weights = {
                 "source": str(loaded.path),
