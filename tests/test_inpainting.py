@@ -9,6 +9,7 @@ import torch
 
 from pretrain.checkpoint import CHECKPOINT_FORMAT, CheckpointError
 from pretrain.config import PretrainConfig
+from pretrain.inpainting import InpaintingMethod
 from pretrain.methods import METHODS
 from pretrain.models.inpainting import (
     LUA_DISCRIMINATOR_PARAMETERS,
@@ -24,7 +25,7 @@ from pretrain.models.inpainting import (
 def _config(**kw: object) -> PretrainConfig:
     values: dict = {"data": "", "out": "", "method": "inpainting", "mask": "center", "crop_size": 128}
     values.update(kw)
-    return PretrainConfig(**values)  # type: ignore[arg-type]
+    return PretrainConfig(**values)
 
 
 def test_parameter_counts_match_the_lua_networks() -> None:
@@ -41,12 +42,13 @@ def test_parameter_counts_match_the_lua_networks() -> None:
 def test_lua_initialisation() -> None:
     torch.manual_seed(0)
     d = InpaintingDiscriminator()
-    conv = d.net[2].weight.detach()  # 64 -> 128
+    conv_layer, bn = d.net[2], d.net[3]  # 64 -> 128 and its BatchNorm
+    assert isinstance(conv_layer, torch.nn.Conv2d) and isinstance(bn, torch.nn.BatchNorm2d)
+    conv = conv_layer.weight.detach()
     assert abs(float(conv.std()) - 0.02) < 0.002 and abs(float(conv.mean())) < 0.001
-    bn = d.net[3]
     w = bn.weight.detach()
     assert abs(float(w.mean()) - 1.0) < 0.01 and 0.005 < float(w.std()) < 0.04
-    assert torch.count_nonzero(bn.bias) == 0
+    assert torch.count_nonzero(bn.bias.detach()) == 0
 
 
 @pytest.mark.parametrize("train_mode", [True, False])
@@ -56,6 +58,7 @@ def test_linear_bottleneck_equals_the_convolution(train_mode: bool) -> None:
     conv = InpaintingGenerator(bottleneck=64, conv_bottleneck=True)
     for m in lin.modules():  # non-trivial BN statistics for the eval-mode comparison
         if isinstance(m, torch.nn.BatchNorm1d | torch.nn.BatchNorm2d):
+            assert m.running_mean is not None and m.running_var is not None
             m.running_mean.uniform_(-0.1, 0.1)
             m.running_var.uniform_(0.5, 1.5)
     conv.load_state_dict(to_conv_layout(lin.state_dict()))
@@ -100,7 +103,7 @@ def test_joint_loss_step_updates_both_networks() -> None:
 
 
 def test_reconstruction_loss_weights_the_overlap_ring() -> None:
-    method = METHODS["inpainting"](_config(method_options={"bottleneck": 8, "overlap": 4}), torch.device("cpu"))
+    method = InpaintingMethod(_config(method_options={"bottleneck": 8, "overlap": 4}), torch.device("cpu"))
     target = torch.zeros(1, 3, 64, 64)
     pred = torch.zeros(1, 3, 64, 64)
     pred[..., 0, 0] = 1.0  # one ring pixel wrong by 1
