@@ -17,7 +17,7 @@ from xml.sax.saxutils import escape
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from transfer.voc import IGNORE_LABEL, VOC_CLASSES
+from transfer.voc import IGNORE_LABEL, VOC_CLASSES, voc_palette
 
 _BACKGROUNDS = (
     "astronaut",
@@ -36,21 +36,6 @@ _BACKGROUNDS = (
     "coins",
 )
 _SHAPES = ("rectangle", "ellipse", "triangle", "diamond")
-
-
-def voc_palette() -> list[int]:
-    """The standard 256-entry VOC colour map (flattened RGB)."""
-    palette = []
-    for i in range(256):
-        r = g = b = 0
-        c = i
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        palette += [r, g, b]
-    return palette
 
 
 def natural_backgrounds() -> list[np.ndarray]:

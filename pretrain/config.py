@@ -94,6 +94,27 @@ class PretrainConfig:
             kwargs["decoder_channels"] = tuple(int(c) for c in kwargs["decoder_channels"])
         return cls(**kwargs)
 
+    def problems(self) -> list[str]:
+        """Values that cannot work, as messages naming the flag (empty when the configuration is usable)."""
+        out = []
+        for name in ("iterations", "batch_size", "crop_size", "resize_short", "log_every", "checkpoint_every"):
+            if int(getattr(self, name)) <= 0:
+                out.append(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        for name in ("sample_every", "keep_checkpoints", "workers", "scan_workers"):
+            if int(getattr(self, name)) < 0:
+                out.append(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if self.stop_after is not None and self.stop_after <= 0:
+            out.append(f"--stop-after must be positive, got {self.stop_after}")
+        if not 0.0 <= self.dropout < 1.0:
+            out.append(f"--dropout must be in [0, 1), got {self.dropout}")
+        if self.lr <= 0:
+            out.append(f"--lr must be positive, got {self.lr}")
+        if self.precision not in ("fp32", "bf16"):
+            out.append(f"--precision must be fp32 or bf16, got {self.precision!r}")
+        if self.mask == "voc-shapes" and not self.voc_root:
+            out.append("--mask voc-shapes needs --voc-root (a VOC devkit with VOC2012 SegmentationObject masks)")
+        return out
+
     def resume_conflicts(self, saved: dict[str, Any]) -> list[str]:
         """Fields whose value differs from a saved run's config and would change the trained weights."""
         mine = self.to_dict()

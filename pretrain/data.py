@@ -2,7 +2,8 @@
 
 Sources (``--data``): a folder searched recursively for ``IMAGE_EXTENSIONS`` (case-insensitive; hidden files and
 folders, e.g. macOS ``._x.jpg`` resource forks, are ignored), or ``voc:ROOT[:YEAR[:SPLIT]]`` = the
-``JPEGImages`` of the images listed in a VOC devkit's ``ImageSets/Main/<SPLIT>.txt`` (default VOC2012 trainval).
+``JPEGImages`` of the images listed in a VOC devkit's ``ImageSets/Main/<SPLIT>.txt`` (default VOC2012
+train: VOC2012 val is the segmentation evaluation split, so it stays out of pretraining unless asked for).
 
 Augmentation (official Lua ``donkey_folder.lua`` of the inpainting code): the shorter side is resized to
 ``resize_short`` keeping the aspect ratio (Lua: ``loadSize`` 350; bilinear), a random ``crop_size`` crop is taken
@@ -66,7 +67,7 @@ def _voc_images(spec: str) -> list[Path]:
         raise DataError(f"bad VOC source {spec!r}: expected voc:ROOT[:YEAR[:SPLIT]], e.g. voc:/data/VOC:2012:trainval")
     root = parts[0]
     year = parts[1] if len(parts) > 1 and parts[1] else "2012"
-    split = parts[2] if len(parts) > 2 and parts[2] else "trainval"
+    split = parts[2] if len(parts) > 2 and parts[2] else "train"
     try:
         year_dir = resolve_year_dir(root, year)
         ids = read_image_set(year_dir, split, kind="Main")
@@ -84,8 +85,9 @@ def _voc_images(spec: str) -> list[Path]:
 
 def find_images(source: str | Path) -> list[Path]:
     """All image files of ``source``: a folder (searched recursively, sorted by relative path) or
-    ``voc:ROOT[:YEAR[:SPLIT]]`` (default year 2012, split trainval; in image-set order). Raises ``DataError``
-    naming the folder when it is missing or holds no image."""
+    ``voc:ROOT[:YEAR[:SPLIT]]`` (default year 2012, split train, which keeps the segmentation evaluation split
+    VOC2012 val out; in image-set order). Raises ``DataError`` naming the folder when it is missing or holds no
+    image."""
     text = str(source)
     if text.startswith("voc:"):
         return _voc_images(text)
@@ -150,13 +152,15 @@ def check_image(path: str | Path) -> str | None:
                     return f"zero-size image {im.width}x{im.height}"
                 im.draft(None, (max(1, im.width // 8), max(1, im.height // 8)))
                 im.load()
-                to_rgb8(im)
+                to_rgb8(ImageOps.exif_transpose(im))
     except UnidentifiedImageError:
         return "not a recognised image"
     except Image.DecompressionBombError as exc:
         return f"too large: {exc}"
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         return f"unreadable: {exc}"
+    except Exception as exc:  # a malformed file must never stop the scan; the reason names the error
+        return f"unreadable: {type(exc).__name__}: {exc}"
     return None
 
 
@@ -213,6 +217,8 @@ class UnlabeledImageDataset(Dataset):
         paths = [Path(p) for p in paths]
         if not paths:
             raise DataError("no image files given to UnlabeledImageDataset")
+        #: number of files given (readable or not), for the run summary next to ``len(self.skipped)``
+        self.num_found = len(paths)
         if scan:
             paths = self._scan(paths, scan_workers)
         self.paths = paths
@@ -277,8 +283,8 @@ class UnlabeledImageDataset(Dataset):
             i = (index + k) % len(self.paths)
             try:
                 return self.load(i)
-            except (OSError, ValueError, SyntaxError, EOFError, DataError) as exc:
-                errors.append(f"{self.paths[i]} ({exc})")
+            except Exception as exc:  # decoders raise many types on malformed files; each one is named
+                errors.append(f"{self.paths[i]} ({type(exc).__name__}: {exc})")
                 warnings.warn(f"skipping unreadable image {self.paths[i]}: {exc}", stacklevel=2)
         raise DataError(f"{len(errors)} unreadable images in a row: {'; '.join(errors[:3])}")
 

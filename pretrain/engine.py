@@ -28,7 +28,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from pretrain.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_FORMAT_VERSION, atomic_torch_save, load_checkpoint
+from pretrain.checkpoint import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_FORMAT_VERSION,
+    atomic_torch_save,
+    atomic_write_text,
+    load_checkpoint,
+)
 from pretrain.config import PretrainConfig
 from pretrain.distributed import DistributedContext, all_reduce_sum
 from pretrain.methods import NonFiniteLossError, PretrainMethod
@@ -122,7 +128,7 @@ class SeededDataset(Dataset[torch.Tensor]):
 # -- RNG state and checkpoints -------------------------------------------------------------------------------------
 def rng_state() -> dict[str, Any]:
     """Every global RNG state, in types ``torch.load(weights_only=True)`` accepts."""
-    np_state = np.random.get_state()
+    np_state: tuple[Any, ...] = tuple(np.random.get_state(legacy=True))
     py_state = random.getstate()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
@@ -224,6 +230,26 @@ class RunLogger:
                 if isinstance(value, int | float) and key != "iteration":
                     self._tb.add_scalar(f"pretrain/{key}", value, record["iteration"])
 
+    def truncate_after(self, iteration: int) -> int:
+        """On ``--resume`` from ``iteration``: drop log lines of later iterations (written after the checkpoint by
+        the interrupted process; the resumed run writes them again). Returns how many lines were dropped."""
+        path = self.run_dir / "log.jsonl"
+        if not self.enabled or not path.is_file():
+            return 0
+        kept, dropped = [], 0
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # a line cut by the interruption
+                dropped += 1
+                continue
+            if "event" not in record and int(record.get("iteration", 0)) > iteration:
+                dropped += 1
+                continue
+            kept.append(line)
+        atomic_write_text(path, "".join(f"{line}\n" for line in kept))
+        return dropped
+
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
@@ -257,7 +283,10 @@ def train_one_iteration(
     """One optimisation step of ``method`` with the RNGs of ``(seed, iteration, rank)``."""
     seed_everything(derive_seed(config.seed, "step", iteration, rank))
     mask_gen = torch.Generator().manual_seed(derive_seed(config.seed, "mask", iteration, rank))
-    stats = method.training_step(images, mask_gen)
+    try:
+        stats = method.training_step(images, mask_gen)
+    except NonFiniteLossError as exc:
+        raise NonFiniteLossError(f"iteration {iteration + 1}: {exc}") from exc
     loss = stats.get("loss", 0.0)
     if not math.isfinite(loss):
         raise NonFiniteLossError(f"{method.name}: loss is {loss} at iteration {iteration + 1}")
@@ -266,6 +295,8 @@ def train_one_iteration(
 
 @dataclass
 class LoopResult:
+    """Where the loop ended; ``last_stats`` are the last logged values, averaged over ranks."""
+
     iteration: int
     last_stats: dict[str, float]
     images_per_second: float
@@ -292,6 +323,7 @@ def train_loop(
     bar = progress(total=end, initial=start, desc=f"pretrain {method.name}", unit="it") if progress else None
     t_start = t_window = time.perf_counter()
     window_images, stats, iteration = 0, {}, start
+    logged: dict[str, float] = {}
     speed = 0.0
     for iteration, images in enumerate(loader, start=start):
         images = images.to(ctx.device, non_blocking=True)
@@ -305,6 +337,7 @@ def train_loop(
             now = time.perf_counter()
             speed = window_images / max(now - t_window, 1e-9)
             t_window, window_images = now, 0
+            logged = mean
             logger.log({"iteration": done, "lr": config.lr, "images_per_s": round(speed, 2), **mean})
             if bar is not None:
                 bar.set_postfix(loss=f"{mean.get('loss', float('nan')):.4f}", img_s=f"{speed:.1f}")
@@ -319,4 +352,4 @@ def train_loop(
     if bar is not None:
         bar.close()
     seconds = time.perf_counter() - t_start
-    return LoopResult(iteration=iteration, last_stats=stats, images_per_second=speed, seconds=seconds)
+    return LoopResult(iteration=iteration, last_stats=logged or stats, images_per_second=speed, seconds=seconds)

@@ -79,6 +79,8 @@ class PretrainMethod:
         self.networks: dict[str, nn.Module] = {}
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self._bare: dict[str, nn.Module] = {}
+        #: set by methods that draw masks (``self.mask_generator = self.build_mask_generator()``)
+        self.mask_generator: Any = None
 
     # -- helpers for subclasses ---------------------------------------------------------------------------------
     def option(self, name: str) -> Any:
@@ -112,6 +114,8 @@ class PretrainMethod:
 
     def sample_mask(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Boolean mask [N, 1, H, W] on the images' device, True = dropped, drawn from ``generator`` only."""
+        if self.mask_generator is None:
+            raise RuntimeError(f"{type(self).__name__} has no mask generator; set self.mask_generator in __init__")
         n, _, h, w = images.shape
         return self.mask_generator.sample(n, h, w, generator).to(images.device)
 
@@ -159,7 +163,9 @@ class PretrainMethod:
                 self.networks[name] = wrap(net)
 
     def state_dict(self) -> dict[str, Any]:
-        model = {f"{name}.{k}": v.detach().clone() for name, net in self._bare.items() for k, v in net.state_dict().items()}
+        model = {
+            f"{name}.{k}": v.detach().clone() for name, net in self._bare.items() for k, v in net.state_dict().items()
+        }
         return {"model": model, "optimizer": {name: opt.state_dict() for name, opt in self.optimizers.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -214,14 +220,19 @@ class _ReconstructionMethod(PretrainMethod):
         torch.manual_seed(config.seed)  # the network's initialisation depends on the seed only
         self.add_network("model", build_context_encoder(config))
         self.optimizers["model"] = self.adam(self.networks["model"].parameters(), config.lr)
-        self.mask_generator = self.build_mask_generator()
+        if self.masked_input:
+            self.mask_generator = self.build_mask_generator()
 
     def _forward(
         self, images: torch.Tensor, generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(network input, prediction, target, dropped mask) with prediction/target/mask at the same size."""
-        mask = self.sample_mask(images, generator)
-        inputs = apply_mask(images, mask, fill=PAPER_FILL) if self.masked_input else images
+        if self.masked_input:
+            mask = self.sample_mask(images, generator)
+            inputs = apply_mask(images, mask, fill=PAPER_FILL)
+        else:  # autoencoder: nothing dropped, every pixel is a target
+            mask = torch.ones(images.shape[0], 1, *images.shape[2:], dtype=torch.bool, device=images.device)
+            inputs = images
         with self.autocast():
             pred = self.networks["model"](inputs)
         pred = pred.float()
@@ -265,8 +276,8 @@ class ContextEncoderMethod(_ReconstructionMethod):
 @register_method
 class AutoencoderMethod(_ReconstructionMethod):
     """``autoencoder``: the same network reconstructing its whole, unmasked input (the paper's baseline row);
-    L2 over every pixel. Reads the same keys as ``context-encoder`` except the mask options (the mask is only drawn
-    for the sample grid's first column, which shows the unmasked input)."""
+    L2 over every pixel. Reads the same keys as ``context-encoder`` except the mask options (it draws no mask; the
+    sample grid's first column shows the unmasked input)."""
 
     name = "autoencoder"
     summary = "same network, unmasked input, whole-image L2 (the paper's autoencoder baseline)"

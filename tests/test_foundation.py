@@ -181,6 +181,8 @@ def test_records_roundtrip_and_never_overwrite(tmp_path: Path) -> None:
     assert read_record(p1)["metrics"] == {"mAP": 50.0}
     with pytest.raises(RecordError, match="primary_metric"):
         _record(primary_metric="mIoU")
+    with pytest.raises(RecordError, match="metric 'mAP' is nan"):
+        _record(metrics={"mAP": float("nan")})
     bad = json.loads(p1.read_text())
     del bad["seed"]
     (tmp_path / "bad.json").write_text(json.dumps(bad))

@@ -11,6 +11,7 @@ inpainting L1/L2 errors, dB for PSNR.
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -127,11 +128,15 @@ def validate_record(record: Any) -> list[str]:
     for key, value in record["metrics"].items():
         if not isinstance(value, int | float) or isinstance(value, bool):
             errors.append(f"metric {key!r} is not a number")
+        elif not math.isfinite(value):
+            errors.append(f"metric {key!r} is {value} (metrics must be finite; leave undefined values out)")
     if record["primary_metric"] not in record["metrics"]:
         errors.append(f"primary_metric {record['primary_metric']!r} is not among the metrics")
     for metric, vals in record["per_class"].items():
-        if not isinstance(vals, dict) or not all(isinstance(v, int | float) for v in vals.values()):
-            errors.append(f"per_class[{metric!r}] must map class names to numbers")
+        if not isinstance(vals, dict) or not all(
+            isinstance(v, int | float) and math.isfinite(v) for v in vals.values()
+        ):
+            errors.append(f"per_class[{metric!r}] must map class names to finite numbers")
     weights = record["weights"]
     if not isinstance(weights.get("method"), str) or not isinstance(weights.get("source"), str):
         errors.append("weights needs string 'source' and 'method'")

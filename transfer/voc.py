@@ -191,6 +191,22 @@ def load_segmentation_mask(
     return mask
 
 
+def voc_palette() -> list[int]:
+    """The standard 256-entry VOC colour map (flattened RGB) of ``SegmentationClass`` PNGs (the devkit's
+    ``VOClabelcolormap.m``: bits of the label spread over the high bits of R, G, B)."""
+    palette = []
+    for i in range(256):
+        r = g = b = 0
+        c = i
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        palette += [r, g, b]
+    return palette
+
+
 def load_image(path: Path) -> Image.Image:
     """Open an image as RGB, naming the file on failure."""
     if not path.is_file():

@@ -3,7 +3,7 @@
 The file holds the AlexNet encoder in torchvision ``alexnet().features`` keys (it loads with ``strict=True`` into
 ``torchvision.models.alexnet().features``) and metadata: method, masks, iterations, widths, the SHA-256 of the
 source checkpoint and the code commit. ``bench pretrain`` writes the same file at the end of every run. The encoder
-is also a timm model: ``import pretrain.export; timm.create_model("alexnet_context_encoder", pretrained=True,
+is also a timm model: ``import pretrain.timm_models; timm.create_model("alexnet_context_encoder", pretrained=True,
 pretrained_cfg_overlay=dict(file="RUN_DIR/encoder.safetensors"))``.
 """
 

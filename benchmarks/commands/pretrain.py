@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from benchmarks.presets.pretrain import PRESETS
 HELP = "pretrain a context encoder, the autoencoder baseline or a random encoder; export the AlexNet encoder"
 DESCRIPTION = __doc__
 
-MASK_CHOICES = ("center", "random-block", "random-region", "voc-shapes")  # = pretrain.masks.MASK_CHOICES
+MASK_FALLBACK = ("center", "random-block", "random-region", "voc-shapes")
 METHOD_FALLBACK = ("context-encoder", "autoencoder", "random")
 
 
@@ -39,6 +40,14 @@ def _methods() -> dict[str, Any]:
     except ImportError:
         return {}
     return dict(METHODS)
+
+
+def _mask_choices() -> tuple[str, ...]:
+    try:
+        from pretrain.masks import MASK_CHOICES
+    except ImportError:
+        return MASK_FALLBACK
+    return tuple(MASK_CHOICES)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,16 +68,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="paper: 227 px, batch 64, Adam lr 2e-4, 100k iterations (PAPER.md §1, official Lua code); "
         "smoke: the same code at CPU scale",
     )
-    io.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint, "
-                    "bit for bit (model, optimizer, schedule, data order, RNG states)")
-    io.add_argument("--crop-size", type=int, default=S, help="random square crop side in px " + _preset_help("crop_size"))
+    io.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its newest checkpoint, "
+        "bit for bit (model, optimizer, schedule, data order, RNG states)",
+    )
+    io.add_argument(
+        "--crop-size", type=int, default=S, help="random square crop side in px " + _preset_help("crop_size")
+    )
     io.add_argument(
         "--resize-short", type=int, default=S, help="shorter image side before cropping " + _preset_help("resize_short")
     )
-    io.add_argument("--no-flip", dest="flip", action="store_false", default=S, help="disable random horizontal flips "
-                    "(default: flip, the paper's augmentation)")
-    io.add_argument("--scan-workers", type=int, default=S, help="threads that check image files before training "
-                    "(default 0: scan in the main thread)")
+    io.add_argument(
+        "--no-flip",
+        dest="flip",
+        action="store_false",
+        default=S,
+        help="disable random horizontal flips (default: flip, the paper's augmentation)",
+    )
+    io.add_argument(
+        "--scan-workers",
+        type=int,
+        default=S,
+        help="threads that check image files before training (default 0: scan in the main thread)",
+    )
 
     m = parser.add_argument_group("method and masks")
     m.add_argument(
@@ -80,62 +104,119 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     m.add_argument(
         "--mask",
         default=S,
-        choices=MASK_CHOICES,
+        choices=_mask_choices(),
         help="region dropped from the input: center (1/4 area square), random-block (blocks up to 1/4), "
         "random-region (official code: thresholded upscaled noise, 20-30%% coverage), voc-shapes (VOC2012 object "
         "shapes, the paper's description; needs --voc-root) " + _preset_help("mask"),
     )
-    m.add_argument("--mask-per-batch", action="store_true", default=S,
-                   help="one mask for the whole batch (the Lua code's behaviour; default: one mask per image)")
-    m.add_argument("--voc-root", default=S, help="VOC devkit with VOC2012 SegmentationObject masks, for --mask voc-shapes")
+    m.add_argument(
+        "--mask-per-batch",
+        action="store_true",
+        default=S,
+        help="one mask for the whole batch (the Lua code's behaviour; default: one mask per image)",
+    )
+    m.add_argument(
+        "--voc-root", default=S, help="VOC devkit with VOC2012 SegmentationObject masks, for --mask voc-shapes"
+    )
 
     n = parser.add_argument_group("network (AlexNet context encoder)")
-    n.add_argument("--widths", choices=["torchvision", "caffe"], default=S,
-                   help="AlexNet channel widths; torchvision (default) loads into torchvision's alexnet().features")
-    n.add_argument("--dropout", type=float, default=S,
-                   help="dropout after the channel-wise FC (default 0.5; PAPER.md marks it unverified)")
-    n.add_argument("--decoder-channels", default=S,
-                   help="comma-separated output channels of the first four 4x4 stride-2 up-convolutions "
-                   "(default 128,64,64,32; the paper does not give them)")
-    n.add_argument("--output-align", choices=["resize", "none"], default=S,
-                   help="resize: bilinear resize of the 192 px prediction to the input size (default); none: compare "
-                   "it with the input's centre crop")
-    n.add_argument("--init", choices=["default", "gaussian"], default=S,
-                   help="default: PyTorch's initialisation (default); gaussian: N(0, 0.01), Caffe's AlexNet filler")
+    n.add_argument(
+        "--widths",
+        choices=["torchvision", "caffe"],
+        default=S,
+        help="AlexNet channel widths; torchvision (default) loads into torchvision's alexnet().features",
+    )
+    n.add_argument(
+        "--dropout",
+        type=float,
+        default=S,
+        help="dropout after the channel-wise FC (default 0.5; PAPER.md marks it unverified)",
+    )
+    n.add_argument(
+        "--decoder-channels",
+        default=S,
+        help="comma-separated output channels of the first four 4x4 stride-2 up-convolutions "
+        "(default 128,64,64,32; the paper does not give them)",
+    )
+    n.add_argument(
+        "--output-align",
+        choices=["resize", "none"],
+        default=S,
+        help="resize: bilinear resize of the 192 px prediction to the input size (default); none: compare "
+        "it with the input's centre crop",
+    )
+    n.add_argument(
+        "--init",
+        choices=["default", "gaussian"],
+        default=S,
+        help="default: PyTorch's initialisation (default); gaussian: N(0, 0.01), Caffe's AlexNet filler",
+    )
 
     o = parser.add_argument_group("optimisation")
     o.add_argument("--iterations", type=int, default=S, help="training iterations " + _preset_help("iterations"))
-    o.add_argument("--stop-after", type=int, default=S,
-                   help="stop (with a checkpoint) after this many iterations without changing the schedule, e.g. to "
-                   "split a run into jobs; continue with --resume")
-    o.add_argument("--batch-size", type=int, default=S, help="images per process and iteration " + _preset_help("batch_size"))
+    o.add_argument(
+        "--stop-after",
+        type=int,
+        default=S,
+        help="stop (with a checkpoint) after this many iterations without changing the schedule, e.g. to "
+        "split a run into jobs; continue with --resume",
+    )
+    o.add_argument(
+        "--batch-size", type=int, default=S, help="images per process and iteration " + _preset_help("batch_size")
+    )
     o.add_argument("--lr", type=float, default=S, help="Adam learning rate, constant " + _preset_help("lr"))
     o.add_argument("--beta1", type=float, default=S, help="Adam beta1 (default 0.5: official Lua code)")
     o.add_argument("--beta2", type=float, default=S, help="Adam beta2 (default 0.999: Adam/Torch default)")
     o.add_argument("--weight-decay", type=float, default=S, help="Adam weight decay (default 0: none in the paper)")
-    o.add_argument("--precision", choices=["fp32", "bf16"], default=S,
-                   help="autocast precision of forward passes on CPU and GPU " + _preset_help("precision"))
+    o.add_argument(
+        "--precision",
+        choices=["fp32", "bf16"],
+        default=S,
+        help="autocast precision of forward passes on CPU and GPU " + _preset_help("precision"),
+    )
 
     x = parser.add_argument_group("execution and bookkeeping")
-    x.add_argument("--seed", type=int, default=S, help="seed of initialisation, data order, augmentation and masks (default 0)")
+    x.add_argument(
+        "--seed", type=int, default=S, help="seed of initialisation, data order, augmentation and masks (default 0)"
+    )
     x.add_argument("--device", default=S, help="auto (CUDA when available; default), cpu, cuda, cuda:N")
     x.add_argument("--workers", type=int, default=S, help="DataLoader worker processes " + _preset_help("workers"))
-    x.add_argument("--log-every", type=int, default=S, help="iterations between log.jsonl lines " + _preset_help("log_every"))
-    x.add_argument("--sample-every", type=int, default=S,
-                   help="iterations between PNG sample grids, 0 = only at the end " + _preset_help("sample_every"))
-    x.add_argument("--checkpoint-every", type=int, default=S,
-                   help="iterations between checkpoints (one is always written at the end) " + _preset_help("checkpoint_every"))
-    x.add_argument("--keep-checkpoints", type=int, default=S,
-                   help="newest checkpoints kept, 0 = all " + _preset_help("keep_checkpoints"))
-    x.add_argument("--tensorboard", action="store_true", default=S, help="also write TensorBoard scalars to RUN/tensorboard")
+    x.add_argument(
+        "--log-every", type=int, default=S, help="iterations between log.jsonl lines " + _preset_help("log_every")
+    )
+    x.add_argument(
+        "--sample-every",
+        type=int,
+        default=S,
+        help="iterations between PNG sample grids, 0 = only at the end " + _preset_help("sample_every"),
+    )
+    x.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=S,
+        help="iterations between checkpoints (one is always written at the end) " + _preset_help("checkpoint_every"),
+    )
+    x.add_argument(
+        "--keep-checkpoints",
+        type=int,
+        default=S,
+        help="newest checkpoints kept, 0 = all " + _preset_help("keep_checkpoints"),
+    )
+    x.add_argument(
+        "--tensorboard", action="store_true", default=S, help="also write TensorBoard scalars to RUN/tensorboard"
+    )
 
     for name, cls in methods.items():
         if not cls.options:
             continue
         g = parser.add_argument_group(f"options of --method {name}")
         for opt in cls.options:
-            g.add_argument(f"--{opt.name.replace('_', '-')}", type=opt.type, default=S,
-                           help=f"{opt.help} (default {opt.default!r})")
+            g.add_argument(
+                f"--{opt.name.replace('_', '-')}",
+                type=opt.type,
+                default=S,
+                help=f"{opt.help} (default {opt.default!r})",
+            )
 
 
 def resolve_config(args: argparse.Namespace) -> Any:
@@ -153,7 +234,9 @@ def resolve_config(args: argparse.Namespace) -> Any:
         try:
             values["decoder_channels"] = tuple(int(c) for c in values["decoder_channels"].split(","))
         except ValueError as exc:
-            raise SystemExit(f"--decoder-channels must be comma-separated integers, got {values['decoder_channels']!r}") from exc
+            raise SystemExit(
+                f"--decoder-channels must be comma-separated integers, got {values['decoder_channels']!r}"
+            ) from exc
     values["method_options"] = {
         opt.name: getattr(args, opt.name) if getattr(args, opt.name, None) is not None else opt.default
         for opt in method_cls.options
@@ -189,10 +272,15 @@ def pretrain_main(config: Any) -> dict[str, Any]:
     run_dir = Path(config.out)
     existing = engine.list_checkpoints(run_dir)
     if existing and not config.resume:
-        raise PretrainFailed(f"{run_dir} already holds checkpoints ({existing[-1].name}); pass --resume to continue "
-                             "that run or choose another --out")
-    if config.stop_after is not None and config.stop_after <= 0:
-        raise PretrainFailed("--stop-after must be a positive number of iterations")
+        raise PretrainFailed(
+            f"{run_dir} already holds checkpoints ({existing[-1].name}); pass --resume to continue "
+            "that run or choose another --out"
+        )
+    problems = config.problems()
+    if problems:
+        raise PretrainFailed("; ".join(problems))
+    if config.resume and not existing:
+        print(f"--resume: {run_dir} holds no checkpoint yet, starting a new run", file=sys.stderr)
     dataset = None
     if method_cls.trains:
         if not config.data:
@@ -209,8 +297,13 @@ def pretrain_main(config: Any) -> dict[str, Any]:
             _print_config(config)
             atomic_write_json(run_dir / "config.json", config.to_dict())
             atomic_write_json(
-                run_dir / "env.json", {"code_version": code_version(), "environment": environment_info(ctx.device),
-                                       "world_size": ctx.world_size, "started": utc_now_iso()}
+                run_dir / "env.json",
+                {
+                    "code_version": code_version(),
+                    "environment": environment_info(ctx.device),
+                    "world_size": ctx.world_size,
+                    "started": utc_now_iso(),
+                },
             )
         method = method_cls(config, ctx.device)
         start = 0
@@ -224,6 +317,8 @@ def pretrain_main(config: Any) -> dict[str, Any]:
             if ctx.is_main:
                 print(f"resumed from {existing[-1]} at iteration {start}")
         logger = engine.RunLogger(run_dir, enabled=ctx.is_main, tensorboard=config.tensorboard)
+        if start > 0:
+            logger.truncate_after(start)
         end = config.iterations if config.stop_after is None else min(config.iterations, config.stop_after)
         status, result, error = "completed", None, None
         if not method_cls.trains:
@@ -296,6 +391,8 @@ def run(args: argparse.Namespace) -> int:
     except (DataError, PretrainFailed, CheckpointError) as exc:
         print(f"bench pretrain: error: {exc}", file=sys.stderr)
         return 1
+    if os.environ.get("RANK", "0") != "0":
+        return 0
     keys = ("status", "iteration", "final_loss", "skipped_images", "export")
     print(json.dumps({k: summary[k] for k in keys if k in summary}))
     return 0

@@ -52,7 +52,9 @@ class ChannelWiseFC(nn.Module):
         """x: [N, C, n, n] -> [N, C, n, n]."""
         n, c, h, w = x.shape
         if (c, h, w) != (self.channels, self.size, self.size):
-            raise ValueError(f"ChannelWiseFC expects [N, {self.channels}, {self.size}, {self.size}], got {tuple(x.shape)}")
+            raise ValueError(
+                f"ChannelWiseFC expects [N, {self.channels}, {self.size}, {self.size}], got {tuple(x.shape)}"
+            )
         flat = x.reshape(n, c, h * w)
         out = torch.einsum("ncj,cij->nci", flat, self.weight) + self.bias
         return out.reshape(n, c, h, w)
@@ -82,7 +84,9 @@ class ContextEncoder(nn.Module):
     ) -> None:
         super().__init__()
         if len(decoder_channels) != 4:
-            raise ValueError(f"decoder_channels needs 4 values (the fifth up-convolution outputs RGB), got {decoder_channels}")
+            raise ValueError(
+                f"decoder_channels needs 4 values (the fifth up-convolution outputs RGB), got {decoder_channels}"
+            )
         if output_align not in OUTPUT_ALIGN_CHOICES:
             raise ValueError(f"output_align must be one of {OUTPUT_ALIGN_CHOICES}, got {output_align!r}")
         self.input_size, self.output_align = input_size, output_align

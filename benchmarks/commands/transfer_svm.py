@@ -1,0 +1,192 @@
+"""``bench transfer --task svm``: frozen-feature VOC2007 linear SVM probes on conv1..conv5 and pool5 (Goyal et al.
+2019). The protocol (``voc07-svm``, versioned) is in transfer/svm_probe.py and docs/protocols/svm-probe.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from typing import Any
+
+from benchmarks.commands.transfer_cls import add_shared_voc_cls_arguments, print_table, resolve_input_norm
+
+TITLE = "frozen-feature VOC2007 linear SVM probes (Goyal et al. 2019)"
+
+
+def add_arguments(group: argparse._ArgumentGroup) -> None:
+    add_shared_voc_cls_arguments(group)
+    group.add_argument(
+        "--svm-costs",
+        default=None,
+        help="comma-separated LinearSVC cost grid, or 'paper' for Goyal et al.'s 1e-7..1e2 (preset: paper; "
+        "any other grid is recorded in the protocol)",
+    )
+    group.add_argument(
+        "--svm-layers",
+        default=None,
+        help="comma-separated trunk layers to probe (preset; paper: conv1,conv2,conv3,conv4,conv5,pool5)",
+    )
+    group.add_argument(
+        "--svm-pooling",
+        default="avg",
+        choices=["avg", "max"],
+        help="adaptive pooling of each layer to a grid of about 9216 values (avg, documented choice)",
+    )
+    group.add_argument("--svm-image-size", type=int, default=None, help="centre-crop size in px (preset; paper 227)")
+    group.add_argument(
+        "--svm-primary-layer",
+        default="conv5",
+        help="layer whose mAP is the record's primary metric (fixed in advance: never chosen on test)",
+    )
+    group.add_argument("--svm-jobs", type=int, default=1, help="parallel processes for the per-class SVMs")
+
+
+def _costs(spec: str) -> tuple[float, ...]:
+    from transfer.svm_probe import PAPER_COSTS
+
+    if spec == "paper":
+        return PAPER_COSTS
+    try:
+        costs = tuple(float(c) for c in spec.split(",") if c.strip())
+    except ValueError as exc:
+        raise SystemExit(f"error: --svm-costs {spec!r} is not a comma-separated list of numbers") from exc
+    if not costs or any(c <= 0 for c in costs):
+        raise SystemExit(f"error: --svm-costs {spec!r} needs positive costs")
+    return costs
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+    from torch.utils.data import DataLoader
+    from tqdm import tqdm
+
+    from benchmarks.presets import apply_preset
+    from benchmarks.presets.svm import PRESETS
+    from pretrain.distributed import resolve_device
+    from pretrain.runinfo import utc_now_iso
+    from transfer.classification import load_classification_items, resolve_classes
+    from transfer.records import make_record, write_record
+    from transfer.svm_probe import PROBE_LAYERS, SVMProtocol, VOCCentreCrops, extract_features, probe_layer
+    from transfer.voc import VOCError, resolve_year_dir
+    from transfer.weights import WeightsError, load_alexnet_trunk
+
+    started, t0 = utc_now_iso(), time.perf_counter()
+    apply_preset(args, PRESETS, args.preset)
+    torch.manual_seed(args.seed)
+    device = resolve_device(args.device)
+    train_split = args.train_split or "trainval"
+    eval_split = args.eval_split or "test"
+    if eval_split == train_split:
+        raise SystemExit(f"--eval-split {eval_split} equals --train-split; evaluation needs held-out images")
+    layers = tuple(x.strip() for x in args.svm_layers.split(",") if x.strip())
+    bad = [x for x in layers if x not in PROBE_LAYERS]
+    if bad or not layers:
+        raise SystemExit(f"error: --svm-layers {args.svm_layers!r}: unknown {bad}; choose from {PROBE_LAYERS}")
+    if args.svm_primary_layer not in layers:
+        raise SystemExit(f"error: --svm-primary-layer {args.svm_primary_layer} is not among --svm-layers")
+    try:
+        year_dir = resolve_year_dir(args.voc_root, "2007")
+        classes = resolve_classes(args.classes, year_dir, train_split)
+        train_items, skipped_train = load_classification_items(year_dir, train_split, classes, args.skip_bad)
+        eval_items, skipped_eval = load_classification_items(year_dir, eval_split, classes, args.skip_bad)
+        trunk, winfo = load_alexnet_trunk(args.weights, seed=args.seed)
+    except (VOCError, WeightsError, ValueError) as exc:
+        raise SystemExit(f"error: {exc}") from exc
+    norm = resolve_input_norm(args.input_norm, winfo.kind)
+    protocol = SVMProtocol(
+        costs=_costs(args.svm_costs), layers=layers, image_size=args.svm_image_size, pooling=args.svm_pooling
+    )
+    print(
+        f"svm: {len(train_items)} {train_split} / {len(eval_items)} {eval_split} images, {len(classes)} classes, "
+        f"weights {winfo.source} ({winfo.method}), device {device}"
+    )
+
+    rescale_info: dict[str, Any] | None = None
+    if args.rescale:
+        from transfer.rescale import between_layer_scale_correction
+
+        probe = DataLoader(VOCCentreCrops(train_items, protocol.image_size, norm), batch_size=args.batch_size)
+        images, _ = next(iter(probe))
+        names = ["conv1", "conv2", "conv3", "conv4", "conv5"]
+        report = between_layer_scale_correction(list(trunk.to(device)), images.to(device), seed=args.seed, names=names)
+        rescale_info = report.to_dict()
+        print("rescale: " + ", ".join(f"{n} x{s:.3g}" for n, s in zip(names, report.weight_scale)))
+
+    feats = {}
+    for split, items in ((train_split, train_items), (eval_split, eval_items)):
+        loader = DataLoader(
+            VOCCentreCrops(items, protocol.image_size, norm),
+            batch_size=args.batch_size,
+            shuffle=False,
+            num_workers=args.workers,
+        )
+        bar = tqdm(total=len(items), desc=f"features {split}", unit="img", mininterval=2.0)
+        feats[split] = extract_features(trunk, loader, protocol, device, args.precision, bar.update)
+        bar.close()
+    train_labels = np.stack([it.labels for it in train_items])
+    test_labels = np.stack([it.labels for it in eval_items])
+    print(protocol.describe())
+
+    metrics: dict[str, float] = {}
+    per_class: dict[str, dict[str, float]] = {}
+    chosen: dict[str, dict[str, float]] = {}
+    no_positives: dict[str, list[str]] = {}
+    for layer in tqdm(layers, desc="SVMs", unit="layer"):
+        aps, costs = probe_layer(
+            feats[train_split][layer],
+            train_labels,
+            feats[eval_split][layer],
+            test_labels,
+            classes,
+            protocol,
+            args.seed,
+            args.svm_jobs,
+        )
+        defined = [v for v in aps.values() if not math.isnan(v)]
+        no_positives[layer] = [c for c, v in aps.items() if math.isnan(v)]
+        if defined:
+            metrics[f"mAP_{layer}"] = 100.0 * sum(defined) / len(defined)
+        per_class[f"AP_{layer}"] = {c: 100.0 * v for c, v in aps.items() if not math.isnan(v)}
+        chosen[layer] = {c: v for c, v in costs.items() if not math.isnan(v)}
+    primary = f"mAP_{args.svm_primary_layer}"
+    if primary not in metrics:
+        raise SystemExit(f"error: no class has positives in both {train_split} and {eval_split}; AP is undefined")
+    metrics["mAP"] = metrics[primary]
+    record = make_record(
+        task="svm",
+        protocol_id=protocol.id,
+        protocol_version=protocol.version,
+        protocol_description=protocol.describe() + f"; primary metric mAP = {primary}",
+        dataset="VOC2007",
+        train_split=train_split,
+        eval_split=eval_split,
+        metrics=metrics,
+        primary_metric="mAP",
+        weights=winfo.to_dict(),
+        seed=args.seed,
+        config={
+            "protocol": protocol.to_dict(),
+            "classes": list(classes),
+            "input_norm": norm,
+            "primary_layer": args.svm_primary_layer,
+            "preset": args.preset,
+            "rescale": bool(args.rescale),
+            "batch_size": args.batch_size,
+            "workers": args.workers,
+            "precision": args.precision,
+            "device": str(device),
+        },
+        started_at=started,
+        wall_time_s=time.perf_counter() - t0,
+        per_class=per_class,
+        skipped_items=skipped_train + skipped_eval,
+        device=device,
+        extra={"chosen_costs": chosen, "classes_without_positives": no_positives, "rescale": rescale_info},
+    )
+    path = write_record(record, args.out)
+    rows = [(layer, f"{metrics[f'mAP_{layer}']:.2f}" if f"mAP_{layer}" in metrics else "n/a") for layer in layers]
+    rows += [("primary (mAP)", f"{metrics['mAP']:.2f} = {primary}"), ("record", str(path))]
+    print_table(f"VOC2007 SVM probe mAP ({protocol.id} v{protocol.version}), weights {winfo.method}", rows)
+    return 0

@@ -1,0 +1,37 @@
+"""Presets of ``bench transfer --task seg`` (FCN segmentation on VOC2012).
+
+``paper``: the released FCN-AlexNet solver (fcn.berkeleyvision.org/voc-fcn-alexnet/solver.prototxt and net.py):
+fixed lr 1e-4 for the normalised softmax loss, momentum 0.9, weight decay 5e-4, ``iter_size: 20`` single images per
+update (batch 20 here), ``max_iter: 100000``; fc6/fc7 with 4096 maps. ``smoke``: the same code at CPU scale on the
+small VOC-layout demo tree (a few minutes on 2 cores): 20 updates of 2 images, narrow fc layers, a larger lr so that
+the loss visibly moves.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {
+        "iterations": 100_000,
+        "lr": 1e-4,
+        "batch_size": 20,
+        "workers": 4,
+        "precision": "fp32",
+        "seg_momentum": 0.9,
+        "seg_weight_decay": 5e-4,
+        "seg_loss_norm": "valid",
+        "fcn_fc_channels": 4096,
+    },
+    "smoke": {
+        "iterations": 20,
+        "lr": 1e-3,
+        "batch_size": 2,
+        "workers": 0,
+        "precision": "fp32",
+        "seg_momentum": 0.9,
+        "seg_weight_decay": 5e-4,
+        "seg_loss_norm": "valid",
+        "fcn_fc_channels": 256,
+    },
+}

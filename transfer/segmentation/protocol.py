@@ -1,0 +1,261 @@
+"""The segmentation transfer protocol in one place: data, FCN, training, evaluation on VOC2012 val, run record.
+
+PAPER.md §6: "FCN (Long et al.) on AlexNet (FCN-32s is the usual choice), VOC2012 train (optionally + SBD) -> val,
+mean IoU over 21 classes, label 255 ignored". ``SegmentationConfig`` holds every setting; its defaults are the
+released FCN-AlexNet's (see ``transfer.segmentation.train``) and docs/protocols/segmentation.md lists the choices
+where the papers are silent. ``run_segmentation`` works the same in one process and under torchrun; every rank
+returns the record (rank 0 writes it).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pretrain.checkpoint import atomic_write_bytes
+from pretrain.distributed import DistributedContext, barrier
+from pretrain.runinfo import sha256_file, utc_now_iso
+from transfer.records import make_record
+from transfer.segmentation.data import SegmentationDataset, build_train_items, check_items, voc_items
+from transfer.segmentation.evaluate import evaluate_fcn
+from transfer.segmentation.model import build_fcn
+from transfer.segmentation.train import train_fcn
+from transfer.segmentation_iou import per_class_iou, segmentation_scores
+from transfer.voc import SEG_CLASSES
+from transfer.weights import load_alexnet_trunk
+
+PROTOCOL_VERSION = 1
+
+
+class SegmentationError(RuntimeError):
+    """A setting or an input makes the protocol impossible; the message names it."""
+
+
+@dataclass
+class SegmentationConfig:
+    voc_root: str
+    weights: str
+    out: str
+    sbd_root: str | None = None
+    train_split: str = "train"
+    eval_split: str = "val"
+    variant: str = "32s"
+    iterations: int = 100_000
+    batch_size: int = 20
+    lr: float = 1e-4
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    loss_normalization: str = "valid"
+    fc_channels: int = 4096
+    crop_size: int | None = None
+    flip: bool = True
+    learn_upsampling: bool = False
+    input_norm: str = "ce"
+    precision: str = "fp32"
+    workers: int = 4
+    seed: int = 0
+    skip_bad: bool = False
+    save_predictions: bool = False
+    save_model: bool = False
+    fcn_weights: str | None = None
+    progress: bool = True
+    preset: str | None = None
+    extra_config: dict[str, Any] = field(default_factory=dict)
+
+    def protocol_id(self) -> str:
+        return f"fcn{self.variant}-voc2012"
+
+    def description(self) -> str:
+        sbd = " + SBD (VOC2012 val removed)" if self.sbd_root else ""
+        return (
+            f"FCN-{self.variant} (Long et al. 2015) on the transferred AlexNet conv1-5, fc6/fc7 as re-initialised "
+            f"convolutions ({self.fc_channels} maps); trained on VOC2012 {self.train_split}{sbd}: per-pixel "
+            f"cross-entropy (255 ignored, loss normalisation '{self.loss_normalization}'), SGD lr {self.lr:g} "
+            f"momentum {self.momentum:g} wd {self.weight_decay:g}, batch {self.batch_size}, {self.iterations} "
+            f"iterations; evaluated on VOC2012 {self.eval_split} whole images: one confusion matrix over all pixels, "
+            "mean IoU over the 21 classes (classes absent from truth and prediction left out, as FCN's nanmean)"
+        )
+
+
+def _load_fcn_weights(model: torch.nn.Module, path: Path) -> None:
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise SegmentationError(f"--fcn-weights file not found: {path}")
+    try:
+        state = load_file(str(path))
+    except Exception as exc:
+        raise SegmentationError(f"cannot read FCN weights {path}: {exc}") from exc
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        raise SegmentationError(f"{path} does not fit this FCN (variant/--fcn-fc-channels?): {exc}") from exc
+    if result.missing_keys or result.unexpected_keys:
+        raise SegmentationError(
+            f"{path} does not fit this FCN (variant/--fcn-fc-channels?): missing {sorted(result.missing_keys)}, "
+            f"unexpected {sorted(result.unexpected_keys)}"
+        )
+
+
+def _save_fcn_weights(model: torch.nn.Module, path: Path) -> Path:
+    from safetensors.torch import save
+
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    return atomic_write_bytes(path, save(state, metadata={"format": "fcn-alexnet", "classes": ",".join(SEG_CLASSES)}))
+
+
+def run_segmentation(cfg: SegmentationConfig, ctx: DistributedContext) -> dict[str, Any]:
+    """Train (``cfg.iterations`` > 0) and evaluate; returns the run record (written by the caller on rank 0)."""
+    started_at, t0 = utc_now_iso(), time.perf_counter()
+    out = Path(cfg.out)
+    torch.manual_seed(cfg.seed * 1000 + ctx.rank)  # dropout masks differ between ranks, reproducibly
+
+    # data: listed and checked before any work (bad masks stop the run or are skipped and counted)
+    train_list = build_train_items(cfg.voc_root, cfg.train_split, cfg.eval_split, cfg.sbd_root)
+    eval_items_all = voc_items(cfg.voc_root, cfg.eval_split)
+    overlap = {i.image_id for i in train_list.items} & {i.image_id for i in eval_items_all}
+    if cfg.iterations > 0 and overlap:
+        raise SegmentationError(
+            f"training split {cfg.train_split!r} shares {len(overlap)} images with evaluation split "
+            f"{cfg.eval_split!r} (e.g. {sorted(overlap)[0]}); evaluation must be on held-out images"
+        )
+    train_items, train_skipped = check_items(train_list.items, cfg.skip_bad) if cfg.iterations > 0 else ([], [])
+    eval_items, eval_skipped = check_items(eval_items_all, cfg.skip_bad)
+    if cfg.iterations > 0 and not train_items:
+        raise SegmentationError(f"no usable training image in VOC2012 {cfg.train_split} (all skipped)")
+    if not eval_items:
+        raise SegmentationError(f"no usable evaluation image in VOC2012 {cfg.eval_split} (all skipped)")
+
+    if ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    barrier()
+
+    # model: transferred trunk + re-initialised FCN head (same seed on every rank)
+    trunk, winfo = load_alexnet_trunk(cfg.weights, seed=cfg.seed)
+    model = build_fcn(
+        trunk,
+        variant=cfg.variant,  # type: ignore[arg-type]
+        num_classes=len(SEG_CLASSES),
+        fc_channels=cfg.fc_channels,
+        learn_upsampling=cfg.learn_upsampling,
+        seed=cfg.seed,
+    )
+    weights = winfo.to_dict()
+    if cfg.fcn_weights:
+        _load_fcn_weights(model, Path(cfg.fcn_weights))
+        weights["fcn_weights"] = str(cfg.fcn_weights)
+        weights["fcn_weights_sha256"] = sha256_file(cfg.fcn_weights)
+    model.to(ctx.device)
+
+    train_summary: dict[str, Any] = {"iterations": 0}
+    if cfg.iterations > 0:
+        train_ds = SegmentationDataset(
+            train_items,
+            train=True,
+            input_norm=cfg.input_norm,  # type: ignore[arg-type]
+            flip=cfg.flip,
+            crop_size=cfg.crop_size,
+            seed=cfg.seed,
+        )
+        train_summary = train_fcn(
+            model,
+            train_ds,
+            ctx=ctx,
+            iterations=cfg.iterations,
+            batch_size=cfg.batch_size,
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            weight_decay=cfg.weight_decay,
+            normalization=cfg.loss_normalization,  # type: ignore[arg-type]
+            precision=cfg.precision,
+            workers=cfg.workers,
+            seed=cfg.seed,
+            log_path=out / "train_log.jsonl",
+            progress=cfg.progress,
+        )
+    if cfg.save_model and ctx.is_main:
+        weights["saved_fcn"] = str(_save_fcn_weights(model, out / "fcn.safetensors"))
+
+    eval_ds = SegmentationDataset(eval_items, train=False, input_norm=cfg.input_norm)  # type: ignore[arg-type]
+    hist = evaluate_fcn(
+        model,
+        eval_ds,
+        ctx=ctx,
+        num_classes=len(SEG_CLASSES),
+        precision=cfg.precision,
+        workers=cfg.workers,
+        predictions_dir=out / "predictions" if cfg.save_predictions else None,
+        progress=cfg.progress,
+    )
+    return build_record(
+        cfg, hist, weights, train_list.sbd_added, train_list.sbd_removed_val, train_summary,
+        train_skipped + eval_skipped, model.crop_offset, ctx, started_at, time.perf_counter() - t0,
+        n_train=len(train_items), n_eval=len(eval_items),
+    )  # fmt: skip
+
+
+def build_record(
+    cfg: SegmentationConfig,
+    hist: torch.Tensor,
+    weights: dict[str, Any],
+    sbd_added: int,
+    sbd_removed_val: int,
+    train_summary: dict[str, Any],
+    skipped: list[str],
+    crop_offset: int,
+    ctx: DistributedContext,
+    started_at: str,
+    wall_time_s: float,
+    *,
+    n_train: int,
+    n_eval: int,
+) -> dict[str, Any]:
+    """The run record: metrics in percent, per-class IoU and accuracy of the classes present, the confusion matrix."""
+    scores = segmentation_scores(hist)
+    iou = per_class_iou(hist)
+    h = hist.numpy().astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        acc = np.diag(h) / h.sum(1)
+    present = [i for i in range(len(SEG_CLASSES)) if not np.isnan(iou[i])]
+    config = {k: v for k, v in asdict(cfg).items() if k != "extra_config"}
+    config.update(cfg.extra_config)
+    train_split = cfg.train_split + ("+sbd" if cfg.sbd_root else "") if cfg.iterations > 0 else None
+    return make_record(
+        task="seg",
+        protocol_id=cfg.protocol_id(),
+        protocol_version=PROTOCOL_VERSION,
+        protocol_description=cfg.description(),
+        dataset="VOC2012",
+        train_split=train_split,
+        eval_split=cfg.eval_split,
+        metrics={k: 100.0 * v for k, v in scores.items()},
+        primary_metric="mIoU",
+        per_class={
+            "IoU": {SEG_CLASSES[i]: 100.0 * float(iou[i]) for i in present},
+            "accuracy": {SEG_CLASSES[i]: 100.0 * float(acc[i]) for i in range(len(SEG_CLASSES)) if h[i].sum() > 0},
+        },
+        weights=weights,
+        seed=cfg.seed,
+        config=config,
+        started_at=started_at,
+        wall_time_s=wall_time_s,
+        skipped_items=skipped,
+        device=ctx.device,
+        extra={
+            "classes": list(SEG_CLASSES),
+            "absent_classes": [SEG_CLASSES[i] for i in range(len(SEG_CLASSES)) if np.isnan(iou[i])],
+            "confusion_matrix": hist.tolist(),
+            "labelled_pixels": int(hist.sum()),
+            "train_images": n_train,
+            "eval_images": n_eval,
+            "sbd": {"added": sbd_added, "removed_in_eval_split": sbd_removed_val} if cfg.sbd_root else None,
+            "train": train_summary,
+            "crop_offset": crop_offset,
+            "world_size": ctx.world_size,
+        },
+    )

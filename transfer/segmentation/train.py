@@ -1,0 +1,232 @@
+"""FCN training: per-pixel cross-entropy (255 ignored), SGD with momentum, whole images, optional torchrun/DDP.
+
+Protocol (the released FCN-AlexNet, ``fcn.berkeleyvision.org/voc-fcn-alexnet``; see
+docs/protocols/segmentation.md):
+
+- loss ``SoftmaxWithLoss(normalize=True, ignore_label=255)``: each image's loss is the mean over its labelled
+  pixels (``normalization="valid"``); ``normalization="none"`` sums over pixels (``normalize=False``, the FCN-VGG
+  nets, which go with lr 1e-10 and momentum 0.99 at batch 1);
+- solver: SGD, fixed lr 1e-4 ("lr for normalized softmax"), momentum 0.9, weight decay 5e-4, ``iter_size: 20``
+  (20 single-image forward/backward passes per update, gradients averaged) -> ``batch_size`` 20 here;
+- ``score_fr`` bias: lr x2 and no weight decay (``lr_mult: 2, decay_mult: 0``); every other layer lr x1, decay x1;
+  up-sampling frozen unless the model was built with ``learn_upsampling``.
+
+``train_step`` runs one update on a list of samples: whole images of different sizes are forwarded one by one
+(Caffe's batch of 1 with ``iter_size``), samples of equal size are stacked. Each image weighs the same in the update.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Iterator
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Sampler
+
+from pretrain.distributed import DistributedContext
+from transfer.segmentation.data import SegmentationDataset, collate_list
+from transfer.voc import IGNORE_LABEL
+
+LossNormalization = Literal["valid", "none"]
+Sample = tuple[torch.Tensor, torch.Tensor, str]
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; the message says at which iteration."""
+
+
+def segmentation_loss(scores: torch.Tensor, masks: torch.Tensor, normalization: LossNormalization) -> torch.Tensor:
+    """Mean over images of each image's cross-entropy (scores [N, C, H, W], masks [N, H, W] with 255 ignored).
+
+    ``valid``: an image's loss is divided by its number of labelled pixels (Caffe ``normalize: true``);
+    ``none``: summed over its pixels (Caffe ``normalize: false``). An image with no labelled pixel adds 0.
+    """
+    per_pixel = F.cross_entropy(scores.float(), masks, ignore_index=IGNORE_LABEL, reduction="none")
+    per_image = per_pixel.flatten(1).sum(1)
+    if normalization == "valid":
+        per_image = per_image / (masks != IGNORE_LABEL).flatten(1).sum(1).clamp(min=1)
+    elif normalization != "none":
+        raise ValueError(f"loss normalization must be 'valid' or 'none', got {normalization!r}")
+    return per_image.mean()
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def build_optimizer(model: nn.Module, lr: float, momentum: float, weight_decay: float) -> torch.optim.SGD:
+    """SGD with FCN's per-layer multipliers: score-layer biases at 2x lr without decay, the rest 1x with decay."""
+    score_bias: list[nn.Parameter] = []
+    rest: list[nn.Parameter] = []
+    for name, p in _unwrap(model).named_parameters():
+        if not p.requires_grad:
+            continue
+        (score_bias if name.startswith(("score_fr.", "score_skips.")) and name.endswith("bias") else rest).append(p)
+    groups: list[dict[str, Any]] = [
+        {"params": rest, "lr": lr, "weight_decay": weight_decay, "lr_mult": 1.0},
+        {"params": score_bias, "lr": 2 * lr, "weight_decay": 0.0, "lr_mult": 2.0},
+    ]
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+def _chunks(samples: list[Sample]) -> list[list[Sample]]:
+    """Consecutive runs of samples with equal image size (stacked into one forward pass each)."""
+    out: list[list[Sample]] = []
+    for s in samples:
+        if out and out[-1][0][0].shape == s[0].shape:
+            out[-1].append(s)
+        else:
+            out.append([s])
+    return out
+
+
+def train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    samples: list[Sample],
+    *,
+    normalization: LossNormalization = "valid",
+    device: torch.device | str = "cpu",
+    precision: str = "fp32",
+) -> float:
+    """One SGD update on ``samples`` (this rank's share of the batch). Returns the mean per-image loss.
+
+    Gradients are accumulated over equal-size chunks, each weighted by its share of the images; under DDP only the
+    last chunk synchronises gradients (DDP then averages over ranks, so every image in the global batch weighs the
+    same when ranks hold equal shares).
+    """
+    device = torch.device(device)
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    chunks = _chunks(samples)
+    total = 0.0
+    for k, chunk in enumerate(chunks):
+        images = torch.stack([s[0] for s in chunk]).to(device, non_blocking=True)
+        masks = torch.stack([s[1] for s in chunk]).to(device, non_blocking=True)
+        sync = k == len(chunks) - 1 or not isinstance(model, nn.parallel.DistributedDataParallel)
+        ctx = nullcontext() if sync else model.no_sync()  # type: ignore[operator]
+        autocast = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
+        with ctx:
+            with autocast:
+                scores = model(images)
+            loss = segmentation_loss(scores, masks, normalization)
+            (loss * (len(chunk) / len(samples))).backward()
+        total += float(loss.detach()) * len(chunk)
+    optimizer.step()
+    return total / len(samples)
+
+
+class TrainBatchSampler(Sampler[list[int]]):
+    """Per-rank batches for ``iterations`` updates: each epoch is a seeded permutation of the items, dealt out
+    round-robin to the ranks; indices are ``epoch * n + i`` (the dataset draws each one's augmentation from it)."""
+
+    def __init__(self, n: int, iterations: int, per_rank_batch: int, seed: int, rank: int, world_size: int) -> None:
+        self.n, self.iterations, self.per_rank = n, iterations, per_rank_batch
+        self.seed, self.rank, self.world = seed, rank, world_size
+        if n < world_size:
+            raise ValueError(f"{n} training images cannot be shared by {world_size} processes")
+
+    def __len__(self) -> int:
+        return self.iterations
+
+    def _stream(self) -> Iterator[int]:
+        epoch = 0
+        while True:
+            order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 7919 + epoch))
+            # every rank walks the same permutation; rank r takes positions r, r + world, ... (the remainder
+            # of n / world is left out of this epoch so that ranks hold equal shares, as DistributedSampler does)
+            for pos in range(self.rank, self.n - self.n % self.world, self.world):
+                yield epoch * self.n + int(order[pos])
+            epoch += 1
+
+    def __iter__(self) -> Iterator[list[int]]:
+        stream = self._stream()
+        for _ in range(self.iterations):
+            yield [next(stream) for _ in range(self.per_rank)]
+
+
+def train_fcn(
+    model: nn.Module,
+    dataset: SegmentationDataset,
+    *,
+    ctx: DistributedContext,
+    iterations: int,
+    batch_size: int,
+    lr: float,
+    momentum: float,
+    weight_decay: float,
+    normalization: LossNormalization,
+    precision: str = "fp32",
+    workers: int = 0,
+    seed: int = 0,
+    log_path: Path | None = None,
+    log_every: int = 20,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train for ``iterations`` updates of ``batch_size`` images (the global batch, split over ranks).
+
+    Returns a summary (final and mean loss of the last ``log_every`` updates, images per second). A non-finite loss
+    stops training with ``NonFiniteLossError``.
+    """
+    if iterations <= 0:
+        return {"iterations": 0, "images": 0}
+    if batch_size % ctx.world_size:
+        raise ValueError(f"--batch-size {batch_size} must be a multiple of the number of processes {ctx.world_size}")
+    per_rank = batch_size // ctx.world_size
+    if ctx.distributed:
+        ddp_args: dict[str, Any] = {"device_ids": [ctx.device]} if ctx.device.type == "cuda" else {}
+        model = nn.parallel.DistributedDataParallel(model, **ddp_args)
+    optimizer = build_optimizer(model, lr, momentum, weight_decay)
+    sampler = TrainBatchSampler(len(dataset), iterations, per_rank, seed, ctx.rank, ctx.world_size)
+    loader = DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        collate_fn=collate_list,
+        num_workers=workers,
+        pin_memory=ctx.device.type == "cuda",
+        persistent_workers=workers > 0,
+    )
+    show = progress and ctx.is_main
+    bar: Any = None
+    if show:
+        from tqdm import tqdm
+
+        bar = tqdm(total=iterations, desc="fcn train", unit="it", dynamic_ncols=True)
+    log = log_path.open("a") if (log_path is not None and ctx.is_main) else None
+    recent: list[float] = []
+    start = time.perf_counter()
+    try:
+        for it, samples in enumerate(loader, start=1):
+            loss = train_step(
+                model, optimizer, samples, normalization=normalization, device=ctx.device, precision=precision
+            )
+            if not math.isfinite(loss):
+                raise NonFiniteLossError(f"non-finite training loss {loss} at iteration {it}; lower --lr")
+            recent = ([*recent, loss])[-log_every:]
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}")
+            if log is not None and (it % log_every == 0 or it == iterations):
+                log.write(json.dumps({"iteration": it, "loss": loss, "loss_avg": sum(recent) / len(recent)}) + "\n")
+                log.flush()
+    finally:
+        if bar is not None:
+            bar.close()
+        if log is not None:
+            log.close()
+    elapsed = time.perf_counter() - start
+    return {
+        "iterations": iterations,
+        "images": iterations * batch_size,
+        "final_loss": recent[-1] if recent else None,
+        "loss_avg_last": sum(recent) / len(recent) if recent else None,
+        "train_time_s": elapsed,
+        "images_per_s": iterations * batch_size / elapsed if elapsed > 0 else None,
+    }
