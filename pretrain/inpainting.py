@@ -77,7 +77,7 @@ class InpaintingMethod(PretrainMethod):
             "adv_weight",
             float,
             0.001,
-            "weight of the adversarial loss lambda_adv (the L2 weight is 1 - adv_weight); default 0.001 from the "
+            "weight of the adversarial loss lambda_adv (the L2 weight is 1 - adv_weight); 0.001 as the "
             "paper and the official command (wtl2=0.999); 0 trains the L2-only variant",
         ),
         MethodOption(
