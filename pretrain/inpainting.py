@@ -46,6 +46,10 @@ from pretrain.models.inpainting import (
 
 #: size of the images the network takes (Lua ``fineSize``)
 FINE_SIZE = 128
+#: generator lr / discriminator lr under the joint loss: official train.lua (``lr*10`` when ``0 < wtl2 < 1``)
+PAPER_G_LR_FACTOR = 10.0
+#: the smoke preset's factor: a 2e-3 generator lr is still far from settled after a few hundred CPU iterations
+SMOKE_G_LR_FACTOR = 1.0
 
 
 def _positive_int(text: str) -> int:
@@ -96,8 +100,10 @@ class InpaintingMethod(PretrainMethod):
         MethodOption(
             "g_lr_factor",
             float,
-            10.0,
-            "generator lr = factor x --lr (the discriminator's) under the joint loss (official train.lua: 10)",
+            None,
+            "generator lr = factor x --lr (the discriminator's) under the joint loss; unset: 10 with --preset paper "
+            "(official train.lua), 1 with --preset smoke (at 10x the generator does not settle within a few "
+            "hundred CPU iterations; see docs/protocols/inpainting.md)",
         ),
         MethodOption("bottleneck", _positive_int, BOTTLENECK, "size of the code (official command: nBottleneck=4000)"),
     )
@@ -133,7 +139,11 @@ class InpaintingMethod(PretrainMethod):
             "generator", InpaintingGenerator(bottleneck=gen_cfg["bottleneck"], output_size=gen_cfg["output_size"])
         )
         discriminator = self.add_network("discriminator", InpaintingDiscriminator(input_size=gen_cfg["output_size"]))
-        g_lr = config.lr * float(self.option("g_lr_factor")) if 0.0 < self.adv_weight < 1.0 else config.lr
+        factor = self.option("g_lr_factor")
+        if factor is None:
+            factor = SMOKE_G_LR_FACTOR if config.preset == "smoke" else PAPER_G_LR_FACTOR
+        self.g_lr_factor = float(factor)
+        g_lr = config.lr * self.g_lr_factor if 0.0 < self.adv_weight < 1.0 else config.lr
         self.optimizers["generator"] = self._adam(generator, g_lr)
         self.optimizers["discriminator"] = self._adam(discriminator, config.lr)
         if self.centre:

@@ -124,6 +124,10 @@ def test_l2_only_and_random_masks() -> None:
     assert "loss_adv" not in stats and stats["loss"] == stats["loss_rec"]
     assert all(torch.equal(a, b) for a, b in zip(d_before, method.networks["discriminator"].parameters()))
     assert method.unwrapped("generator").output_size == 128
+    smoke = InpaintingMethod(_config(preset="smoke", method_options={"bottleneck": 8}), torch.device("cpu"))
+    assert smoke.optimizers["generator"].param_groups[0]["lr"] == pytest.approx(2e-4)  # smoke: factor 1
+    flag = InpaintingMethod(_config(method_options={"bottleneck": 8, "g_lr_factor": 3.0}), torch.device("cpu"))
+    assert flag.optimizers["generator"].param_groups[0]["lr"] == pytest.approx(6e-4)
     with pytest.raises(ValueError, match="128"):
         METHODS["inpainting"](_config(crop_size=227), torch.device("cpu"))
 
