@@ -12,7 +12,7 @@ from benchmarks.demo_data import make_image_folder
 from transfer.records import read_record
 
 #: the acceptance run of issue 4 (see docs/protocols/inpainting.md, "Checking that training works")
-ITERATIONS = 300
+ITERATIONS = 200
 BOTTLENECK = 500
 
 
