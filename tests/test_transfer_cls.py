@@ -188,9 +188,9 @@ def test_mismatched_weights_fail_with_message(voc_root: Path, tmp_path: Path) ->
 def test_every_weight_source_builds_a_classifier(tmp_path: Path) -> None:
     from safetensors.torch import save_file
 
-    from benchmarks.commands.transfer_cls import resolve_input_norm
     from pretrain.checkpoint import atomic_torch_save
     from pretrain.models.alexnet import alexnet_trunk
+    from transfer.input_norm import resolve_input_norm
 
     features = alexnet_trunk()  # torchvision's alexnet().features layout (the classifier is not read)
     trunk_sd = {k: v.contiguous() for k, v in features.state_dict().items()}

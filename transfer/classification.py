@@ -37,6 +37,7 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from transfer.input_norm import normalize_image
 from transfer.voc import (
     VOC_CLASSES,
     VOCError,
@@ -49,9 +50,6 @@ from transfer.voc import (
 )
 
 #: input normalisations: name -> (mean, std) applied to RGB in [0, 1], or the Caffe BGR 0..255 mean subtraction
-INPUT_NORMS: tuple[str, ...] = ("minus1to1", "imagenet", "caffe")
-_IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-_CAFFE_BGR_MEAN = (104.0, 117.0, 123.0)
 
 
 @dataclass
@@ -85,19 +83,6 @@ class FinetuneConfig:
 
 
 # ----------------------------------------------------------------------------------------------------- data
-def normalize(image: Image.Image, norm: str) -> torch.Tensor:
-    """PIL RGB -> float tensor [3, H, W] in the trunk's input convention."""
-    arr = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).float()
-    if norm == "minus1to1":
-        return arr / 127.5 - 1.0
-    if norm == "imagenet":
-        mean, std = (torch.tensor(v).view(3, 1, 1) for v in _IMAGENET)
-        return (arr / 255.0 - mean) / std
-    if norm == "caffe":
-        return arr.flip(0) - torch.tensor(_CAFFE_BGR_MEAN).view(3, 1, 1)
-    raise ValueError(f"unknown input normalisation {norm!r}; choose one of {INPUT_NORMS}")
-
-
 def _resize(image: Image.Image, scale: float, crop: int) -> Image.Image:
     """Resize by ``scale``; enlarge further if needed so that the shorter side is at least ``crop``."""
     w, h = image.size
@@ -196,7 +181,7 @@ class VOCClassificationTrain(Dataset):
         item = self.items[i]
         rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,))))
         view = random_view(load_image(item.path), self.cfg.crop_size, self.cfg.min_scale, self.cfg.max_scale, rng)
-        return normalize(view, self.cfg.input_norm), torch.from_numpy(item.labels.astype(np.int64))
+        return normalize_image(view, self.cfg.input_norm), torch.from_numpy(item.labels.astype(np.int64))
 
 
 class VOCClassificationEval(Dataset):
@@ -215,7 +200,7 @@ class VOCClassificationEval(Dataset):
         for k in range(cfg.eval_crops):
             rng = np.random.default_rng([self.seed, i, k])
             views.append(random_view(image, cfg.crop_size, cfg.min_scale, cfg.max_scale, rng))
-        stacked = torch.stack([normalize(v, cfg.input_norm) for v in views])
+        stacked = torch.stack([normalize_image(v, cfg.input_norm) for v in views])
         return stacked, torch.from_numpy(item.labels.astype(np.int64))
 
 

@@ -39,8 +39,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from pretrain.models.alexnet import LAYER_OUTPUT_INDEX
-from transfer.classification import VOCItem, normalize
+from transfer.classification import VOCItem
 from transfer.classification_ap import average_precision
+from transfer.input_norm import normalize_image
 from transfer.voc import load_image
 
 PROTOCOL_ID = "voc07-svm"
@@ -112,7 +113,7 @@ class VOCCentreCrops(Dataset):
         s = self.size / min(w, h)
         im = im.resize((max(self.size, round(w * s)), max(self.size, round(h * s))), Image.Resampling.BILINEAR)
         x, y = (im.width - self.size) // 2, (im.height - self.size) // 2
-        return normalize(im.crop((x, y, x + self.size, y + self.size)), self.norm), i
+        return normalize_image(im.crop((x, y, x + self.size, y + self.size)), self.norm), i
 
 
 @torch.no_grad()

@@ -83,6 +83,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="apply Krähenbühl et al.'s data-dependent rescaling to the pretrained layers",
     )
     parser.add_argument(
+        "--input-norm",
+        default="auto",
+        choices=["auto", "minus1to1", "imagenet", "caffe"],
+        help="input convention of the trunk: minus1to1 = RGB in [-1, 1] (how `bench pretrain` trains), imagenet = "
+        "torchvision mean/std, caffe = BGR minus (104, 117, 123); auto: imagenet for torchvision state dicts, "
+        "minus1to1 otherwise (transfer/input_norm.py)",
+    )
+    parser.add_argument(
         "--skip-bad",
         action="store_true",
         help="skip (and count in the record) missing or malformed images, annotations and masks "

@@ -32,15 +32,6 @@ def add_shared_voc_cls_arguments(group: argparse._ArgumentGroup) -> None:
         help="class list: 'voc' (the 20 PASCAL classes, default), 'data' (the names found in the training "
         "annotations, sorted) or a comma-separated list",
     )
-    add_once(
-        group,
-        "--input-norm",
-        default="auto",
-        choices=["auto", "minus1to1", "imagenet", "caffe"],
-        help="input convention of the trunk: minus1to1 = RGB in [-1, 1] (how `bench pretrain` trains), imagenet = "
-        "torchvision mean/std, caffe = BGR minus (104, 117, 123); auto: imagenet for torchvision state dicts, "
-        "minus1to1 otherwise",
-    )
 
 
 def add_arguments(group: argparse._ArgumentGroup) -> None:
@@ -114,12 +105,6 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
     )
 
 
-def resolve_input_norm(spec: str, weights_kind: str) -> str:
-    if spec != "auto":
-        return spec
-    return "imagenet" if weights_kind == "torchvision" else "minus1to1"
-
-
 def print_table(title: str, rows: list[tuple[str, str]]) -> None:
     width = max(len(k) for k, _ in rows)
     print(f"\n{title}")
@@ -171,6 +156,7 @@ def run(args: argparse.Namespace) -> int:
         resolve_classes,
     )
     from transfer.classification_ap import mean_average_precision
+    from transfer.input_norm import resolve_input_norm
     from transfer.records import make_record, write_record
     from transfer.voc import VOCError, resolve_year_dir
     from transfer.weights import WeightsError, load_alexnet_trunk

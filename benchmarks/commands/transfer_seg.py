@@ -61,13 +61,6 @@ def add_arguments(group: Any) -> None:
         help="maps of the fc6 (6x6) and fc7 (1x1) convolutions (preset; paper: 4096, AlexNet's fc width)",
     )
     group.add_argument(
-        "--seg-input-norm",
-        default="ce",
-        choices=["ce", "imagenet"],
-        help="input normalisation: 'ce' maps RGB to [-1, 1] as the context-encoder pretraining; 'imagenet' uses "
-        "torchvision's mean/std (for torchvision AlexNet weights)",
-    )
-    group.add_argument(
         "--seg-no-flip", action="store_true", help="no horizontal-flip augmentation (flip with p=0.5 when not given)"
     )
     group.add_argument(
@@ -139,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
         crop_size=args.seg_crop_size,
         flip=not args.seg_no_flip,
         learn_upsampling=args.fcn_learn_upsampling,
-        input_norm=args.seg_input_norm,
+        input_norm=args.input_norm,
         precision=args.precision,
         workers=args.workers,
         seed=args.seed,

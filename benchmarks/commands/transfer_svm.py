@@ -9,7 +9,7 @@ import math
 import time
 from typing import Any
 
-from benchmarks.commands.transfer_cls import add_shared_voc_cls_arguments, print_table, resolve_input_norm
+from benchmarks.commands.transfer_cls import add_shared_voc_cls_arguments, print_table
 
 TITLE = "frozen-feature VOC2007 linear SVM probes (Goyal et al. 2019)"
 
@@ -67,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
     from pretrain.distributed import resolve_device
     from pretrain.runinfo import utc_now_iso
     from transfer.classification import load_classification_items, resolve_classes
+    from transfer.input_norm import resolve_input_norm
     from transfer.records import make_record, write_record
     from transfer.svm_probe import PROBE_LAYERS, SVMProtocol, VOCCentreCrops, extract_features, probe_layer
     from transfer.voc import VOCError, resolve_year_dir

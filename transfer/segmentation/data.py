@@ -10,8 +10,9 @@ and the split lists ``train.txt`` / ``val.txt``. Its images come from VOC2011, s
 images: every such image is removed from the training set (no leakage into the evaluation split) and the number
 removed is reported. Where VOC2012 itself has a mask for an image, VOC's mask is used.
 
-Input normalisation (``--input-norm``): ``ce`` maps RGB to [-1, 1] as the context encoder's pretraining does;
-``imagenet`` subtracts torchvision's ImageNet mean and divides by its std (for torchvision AlexNet weights). Zero
+Input normalisation (the shared ``--input-norm``, see ``transfer/input_norm.py``): ``minus1to1`` maps RGB to
+[-1, 1] as the context encoder's pretraining does; ``imagenet`` subtracts torchvision's ImageNet mean and divides by
+its std (for torchvision AlexNet weights); ``auto`` picks by the weights. Zero
 padding of conv1 then pads with the mean/mid-grey colour, as FCN's mean-subtracted Caffe input does.
 """
 
@@ -27,6 +28,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from transfer.input_norm import normalize_image
 from transfer.voc import (
     IGNORE_LABEL,
     SEG_CLASSES,
@@ -37,12 +39,6 @@ from transfer.voc import (
     read_image_set,
     resolve_year_dir,
 )
-
-InputNorm = Literal["ce", "imagenet"]
-INPUT_NORMS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
-    "ce": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
-    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-}
 
 
 @dataclass(frozen=True)
@@ -169,15 +165,6 @@ def check_items(items: list[SegItem], skip_bad: bool) -> tuple[list[SegItem], li
     return good, skipped
 
 
-def normalize(image: Image.Image, norm: InputNorm) -> torch.Tensor:
-    """RGB PIL image -> float tensor [3, H, W] normalised by ``INPUT_NORMS[norm]``."""
-    if norm not in INPUT_NORMS:
-        raise ValueError(f"input normalisation must be one of {sorted(INPUT_NORMS)}, got {norm!r}")
-    mean, std = INPUT_NORMS[norm]
-    x = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255.0)
-    return (x - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
-
-
 class SegmentationDataset(Dataset):
     """(image [3, H, W] float, mask [H, W] int64 with 255 = ignore, image id) per item.
 
@@ -194,7 +181,7 @@ class SegmentationDataset(Dataset):
         items: list[SegItem],
         *,
         train: bool,
-        input_norm: InputNorm = "ce",
+        input_norm: str = "minus1to1",
         flip: bool = True,
         crop_size: int | None = None,
         seed: int = 0,
@@ -213,7 +200,7 @@ class SegmentationDataset(Dataset):
         item = self.items[index % len(self.items)]
         image = load_image(item.image)
         mask = torch.from_numpy(load_mask(item, image.size).astype(np.int64))
-        x = normalize(image, self.input_norm)
+        x = normalize_image(image, self.input_norm)
         if self.train:
             gen = torch.Generator().manual_seed((self.seed * 1_000_003 + index) % 2**63)
             if self.flip and torch.rand((), generator=gen) < 0.5:

@@ -10,7 +10,7 @@ returns the record (rank 0 writes it).
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ import torch
 from pretrain.checkpoint import atomic_write_bytes
 from pretrain.distributed import DistributedContext, barrier
 from pretrain.runinfo import sha256_file, utc_now_iso
+from transfer.input_norm import resolve_input_norm
 from transfer.records import make_record
 from transfer.segmentation.data import SegmentationDataset, build_train_items, check_items, voc_items
 from transfer.segmentation.evaluate import evaluate_fcn
@@ -55,7 +56,7 @@ class SegmentationConfig:
     crop_size: int | None = None
     flip: bool = True
     learn_upsampling: bool = False
-    input_norm: str = "ce"
+    input_norm: str = "auto"  # resolved from the weights by transfer.input_norm.resolve_input_norm
     precision: str = "fp32"
     workers: int = 4
     seed: int = 0
@@ -137,6 +138,7 @@ def run_segmentation(cfg: SegmentationConfig, ctx: DistributedContext) -> dict[s
 
     # model: transferred trunk + re-initialised FCN head (same seed on every rank)
     trunk, winfo = load_alexnet_trunk(cfg.weights, seed=cfg.seed)
+    cfg = replace(cfg, input_norm=resolve_input_norm(cfg.input_norm, winfo.kind))
     model = build_fcn(
         trunk,
         variant=cfg.variant,  # type: ignore[arg-type]
@@ -157,7 +159,7 @@ def run_segmentation(cfg: SegmentationConfig, ctx: DistributedContext) -> dict[s
         train_ds = SegmentationDataset(
             train_items,
             train=True,
-            input_norm=cfg.input_norm,  # type: ignore[arg-type]
+            input_norm=cfg.input_norm,
             flip=cfg.flip,
             crop_size=cfg.crop_size,
             seed=cfg.seed,
@@ -181,7 +183,7 @@ def run_segmentation(cfg: SegmentationConfig, ctx: DistributedContext) -> dict[s
     if cfg.save_model and ctx.is_main:
         weights["saved_fcn"] = str(_save_fcn_weights(model, out / "fcn.safetensors"))
 
-    eval_ds = SegmentationDataset(eval_items, train=False, input_norm=cfg.input_norm)  # type: ignore[arg-type]
+    eval_ds = SegmentationDataset(eval_items, train=False, input_norm=cfg.input_norm)
     hist = evaluate_fcn(
         model,
         eval_ds,

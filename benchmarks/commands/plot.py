@@ -1,0 +1,43 @@
+"""``bench plot``: PNG figures from run folders and records.
+
+``pretrain_loss.png``: the training-loss curves of every ``bench pretrain`` run folder under ``--runs`` (read from
+each folder's ``log.jsonl``). ``per_class_*.png``: per-class AP/IoU of each method, one chart per transfer
+protocol, from the records under ``--records`` (the same grouping as ``bench table``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+HELP = "draw training-loss curves and per-class AP/IoU comparisons (PNG)"
+DESCRIPTION = __doc__
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--runs", nargs="*", default=[], help="pretraining run folders (searched for log.jsonl)")
+    parser.add_argument("--records", nargs="*", default=[], help="record folders or files (as for `bench table`)")
+    parser.add_argument("--out", default="results/figures", help="folder for the PNG files")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from benchmarks.figures import plot_loss_curves, plot_per_class
+
+    runs = [r for r in args.runs if Path(r).exists()]
+    records = [r for r in args.records if Path(r).exists()]
+    for missing in sorted(set(args.runs + args.records) - set(runs + records)):
+        print(f"bench plot: {missing} does not exist; skipped", file=sys.stderr)
+    written = []
+    loss = plot_loss_curves(runs, args.out) if runs else None
+    if loss is not None:
+        written.append(loss)
+    elif runs:
+        print("bench plot: no log.jsonl with loss values under --runs", file=sys.stderr)
+    if records:
+        written += plot_per_class(records, args.out)
+    for path in written:
+        print(path)
+    print(f"bench plot: wrote {len(written)} figures to {args.out}", file=sys.stderr)
+    return 0

@@ -1,0 +1,44 @@
+"""Presets of ``bench transfer --task det`` (Fast R-CNN on VOC2007).
+
+``paper``: Fast R-CNN's VOC07 settings for its small (CaffeNet-sized) model (Girshick 2015 §2.3, §4.5;
+rbgirshick/fast-rcnn ``models/CaffeNet/solver.prototxt`` and ``lib/fast_rcnn/config.py``): 2 images x 64 RoIs,
+lr 0.001 dropped x0.1 after 30k of 40k iterations, short side 600 / long side <= 1000, ~2,000 fast-mode
+selective-search proposals per image, conv1 frozen.
+``smoke``: the same code at CPU scale for the tiny synthetic VOC tree (short side 160, fc6/fc7 512
+wide, a few iterations, every detection kept for scoring).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {
+        "iterations": 40_000,
+        "lr": 0.001,
+        "det_lr_step": 30_000,
+        "batch_size": 2,
+        "rois_per_image": 64,
+        "workers": 4,
+        "precision": "fp32",
+        "det_scale": 600,
+        "det_max_size": 1000,
+        "max_proposals": 2000,
+        "det_score_threshold": 0.05,
+        "det_fc_dim": 4096,
+    },
+    "smoke": {
+        "iterations": 12,
+        "lr": 0.001,
+        "det_lr_step": 8,
+        "batch_size": 2,
+        "rois_per_image": 64,
+        "workers": 0,
+        "precision": "fp32",
+        "det_scale": 160,
+        "det_max_size": 267,
+        "max_proposals": 300,
+        "det_score_threshold": 0.0,
+        "det_fc_dim": 512,
+    },
+}

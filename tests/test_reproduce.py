@@ -1,0 +1,194 @@
+"""`bench reproduce`: the plan on disk, resuming after an interruption, failed cells, missing commands.
+
+The cells run here are real `bench` subcommands (`bench table`, `bench plot`) run as subprocesses; nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from benchmarks.reproduce import SweepOptions, build_cells, collect_record, command_available
+from transfer.records import make_record, write_record
+
+
+def _bench(args: list[str], env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "benchmarks.cli", *args], capture_output=True, text=True, env=env, check=check
+    )
+
+
+def _plan(out: Path) -> dict[str, dict]:
+    return {c["id"]: c for c in json.loads((out / "plan.json").read_text())["cells"]}
+
+
+def test_dry_run_lists_every_cell_and_missing_commands(tmp_path: Path, subprocess_env: dict[str, str]) -> None:
+    args = [
+        "reproduce",
+        "--voc-root",
+        "VOC",
+        "--data",
+        "IMGS",
+        "--out",
+        str(tmp_path / "sweep"),
+        "--seeds",
+        "2",
+        "--tasks",
+        "cls,seg",
+        "--dry-run",
+    ]
+    proc = _bench(args, subprocess_env)
+    cells = build_cells(
+        SweepOptions(out=str(tmp_path / "sweep"), voc_root="VOC", data="IMGS", seeds=2, tasks=("cls", "seg"))
+    )
+    ids = [c["id"] for c in cells]
+    assert ids[:2] == ["pretrain/autoencoder", "pretrain/context-encoder"]
+    assert len([i for i in ids if i.startswith("transfer/")]) == 2 * 3 * 2  # tasks x methods x seeds
+    assert ids[-2:] == ["report/table", "report/plot"]
+    for cell in cells:
+        assert cell["id"] in proc.stdout and cell["command"] in proc.stdout
+        if not command_available(cell["argv"])[0]:
+            assert f"unavailable {cell['id']}" in proc.stdout
+    random_cls = next(c for c in cells if c["id"] == "transfer/cls/random/seed1")
+    assert random_cls["argv"][random_cls["argv"].index("--weights") + 1] == "random"
+    assert not (tmp_path / "sweep").exists()  # a dry run writes nothing
+
+
+def test_interrupted_plan_resumes_without_redoing_cells(tmp_path: Path, subprocess_env: dict[str, str]) -> None:
+    out = tmp_path / "sweep"
+    base = ["reproduce", "--tasks", "none", "--out", str(out), "--quiet-cells"]
+    # stop after one cell: table done, plot still pending
+    _bench([*base, "--max-cells", "1"], subprocess_env)
+    plan = _plan(out)
+    assert plan["report/table"]["status"] == "done" and plan["report/plot"]["status"] == "pending"
+    table_started = plan["report/table"]["started_at"]
+    assert (out / "tables" / "table2.md").exists()
+
+    # kill the sweep while the plot cell runs (the whole process group: reproduce and its cell)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.cli", *base],
+        env=subprocess_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        while proc.poll() is None:
+            if (out / "plan.json").exists() and _plan(out)["report/plot"]["status"] == "running":
+                os.killpg(proc.pid, signal.SIGKILL)
+                break
+            time.sleep(0.02)
+    finally:
+        proc.wait()
+    plan = _plan(out)
+    assert plan["report/plot"]["status"] == "running" and plan["report/plot"]["attempts"] == 1
+
+    # resume: the interrupted cell runs again, the finished one is not redone
+    _bench(base, subprocess_env)
+    plan = _plan(out)
+    assert plan["report/plot"]["status"] == "done" and plan["report/plot"]["attempts"] == 2
+    assert plan["report/table"]["attempts"] == 1 and plan["report/table"]["started_at"] == table_started
+    assert "bench plot: wrote" in (out / "logs" / "report__plot.log").read_text()  # the log is appended to
+
+    # everything done: a further run does nothing
+    again = _bench(base, subprocess_env)
+    assert "ran 0 cells" in again.stderr
+
+
+def test_failed_cells_retry_only_when_asked(tmp_path: Path, subprocess_env: dict[str, str]) -> None:
+    out = tmp_path / "sweep"
+    bad = ["reproduce", "--tasks", "none", "--out", str(out), "--quiet-cells", "--stage-args", "table=--no-such-option"]
+    first = _bench(bad, subprocess_env, check=False)
+    assert first.returncode == 1 and "report/table" in first.stderr
+    assert _plan(out)["report/table"]["status"] == "failed" and _plan(out)["report/plot"]["status"] == "done"
+    _bench(bad, subprocess_env, check=False)
+    assert _plan(out)["report/table"]["attempts"] == 1  # not retried
+    _bench([*bad, "--retry-failed"], subprocess_env, check=False)
+    assert _plan(out)["report/table"]["attempts"] == 2
+    # other options: refused unless --replan
+    good = ["reproduce", "--tasks", "none", "--out", str(out), "--quiet-cells"]
+    refused = _bench(good, subprocess_env, check=False)
+    assert refused.returncode == 2 and "--replan" in refused.stderr
+    _bench([*good, "--replan"], subprocess_env)
+    assert _plan(out)["report/table"]["status"] == "done"
+
+
+def test_collect_record_takes_the_record_not_other_json(tmp_path: Path) -> None:
+    folder = tmp_path / "transfer" / "cls" / "random" / "seed0"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text('{"lr": 0.001}')
+    rec = make_record(
+        task="cls",
+        protocol_id="p",
+        protocol_version=1,
+        protocol_description="d",
+        dataset="VOC2007",
+        train_split="trainval",
+        eval_split="test",
+        metrics={"mAP": 40.0},
+        primary_metric="mAP",
+        weights={"source": "random", "method": "random"},
+        seed=0,
+        config={},
+        started_at="2026-01-01T00:00:00Z",
+        wall_time_s=1.0,
+    )
+    write_record(rec, folder)
+    cell = {"id": "transfer/cls/random/seed0", "out": str(folder)}
+    dest = collect_record(cell, tmp_path)
+    assert dest == tmp_path / "records" / "transfer__cls__random__seed0.json"
+    assert json.loads(dest.read_text())["metrics"] == {"mAP": 40.0}
+
+
+@pytest.mark.slow
+def test_interrupted_pretraining_cell_resumes_from_its_checkpoint(
+    tmp_path: Path, voc_root: Path, image_folder: Path, subprocess_env: dict[str, str]
+) -> None:
+    """Kill the sweep inside `bench pretrain` after its first checkpoint; the re-run continues that run (--resume)."""
+    if not command_available(["pretrain"])[0] or not command_available(["transfer", "--task", "cls"])[0]:
+        pytest.skip("bench pretrain / bench transfer --task cls are not part of this build")
+    out = tmp_path / "sweep"
+    args = [
+        sys.executable,
+        "-m",
+        "benchmarks.cli",
+        "reproduce",
+        "--tasks",
+        "cls",
+        "--methods",
+        "context-encoder",
+        "--voc-root",
+        str(voc_root),
+        "--data",
+        str(image_folder),
+        "--out",
+        str(out),
+        "--quiet-cells",
+    ]
+    proc = subprocess.Popen(
+        args, env=subprocess_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    try:
+        while proc.poll() is None:
+            if any((out / "runs" / "context-encoder").rglob("*.pt")):
+                os.killpg(proc.pid, signal.SIGKILL)
+                break
+            time.sleep(0.05)
+    finally:
+        proc.wait()
+    assert _plan(out)["pretrain/context-encoder"]["status"] == "running"
+    subprocess.run(args, env=subprocess_env, check=True, capture_output=True)
+    plan = _plan(out)
+    assert plan["pretrain/context-encoder"]["status"] == "done" and plan["pretrain/context-encoder"]["attempts"] == 2
+    assert plan["transfer/cls/context-encoder/seed0"]["status"] == "done"
+    log = (out / "logs" / "pretrain__context-encoder.log").read_text()
+    assert "--method context-encoder --seed 0 --resume" in log
+    assert not list((out / "runs").glob("*.attempt*"))  # resumed in place, not restarted
+    assert (out / "records" / "transfer__cls__context-encoder__seed0.json").exists()

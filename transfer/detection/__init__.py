@@ -1,0 +1,6 @@
+"""Fast R-CNN detection on PASCAL VOC2007 with a transferred AlexNet trunk (PAPER.md §6, the "det" column).
+
+Modules: ``proposals`` (selective search with an on-disk cache, R-CNN ``.mat`` import), ``boxes`` (regression target
+coder, IoU, clipping), ``model`` (the network), ``data`` (VOC images, ground truth, RoI sampling), ``train`` (loss,
+SGD step and loop) and ``evaluate`` (NMS, devkit AP, results files). The protocol is in docs/protocols/detection.md.
+"""

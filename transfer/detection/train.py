@@ -1,0 +1,128 @@
+"""Fast R-CNN training: the multi-task loss, one SGD step and the iteration loop.
+
+Protocol (Girshick 2015, "Fast R-CNN", §2.3 and §4; ``models/CaffeNet/solver.prototxt`` of rbgirshick/fast-rcnn):
+SGD, momentum 0.9, weight decay 5e-4 (weights only, biases at twice the learning rate without decay: Caffe's
+``lr_mult``/``decay_mult``), base learning rate 0.001; for VOC07 trainval "30k mini-batch iterations, then lower the
+learning rate to 0.0001 and train for another 10k iterations" (40k in all, step at 30k). Loss: softmax log loss over
+all sampled RoIs plus smooth-L1 (sigma 1) on the normalised deltas of the ground-truth class of foreground RoIs,
+divided by the number of RoIs in the mini-batch (Fast R-CNN's ``SmoothL1Loss`` normalisation), weight 1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    iterations: int = 40_000
+    lr: float = 0.001
+    lr_step: int = 30_000
+    lr_gamma: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    precision: str = "fp32"  # fp32 | bf16 (autocast)
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; training stops."""
+
+
+def fast_rcnn_loss(
+    cls_logits: torch.Tensor, bbox_deltas: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(classification loss, box loss)`` for ``cls_logits [R, C]``, ``bbox_deltas [R, 4C]``, ``labels [R]`` and
+    normalised ``targets [R, 4]`` (zero rows for background)."""
+    n = max(1, labels.numel())
+    loss_cls = F.cross_entropy(cls_logits.float(), labels, reduction="sum") / n
+    fg = torch.nonzero(labels > 0).flatten()
+    if fg.numel() == 0:
+        return loss_cls, bbox_deltas.sum() * 0.0
+    deltas = bbox_deltas.float().reshape(len(labels), -1, 4)[fg, labels[fg]]
+    loss_box = F.smooth_l1_loss(deltas, targets[fg].float(), beta=1.0, reduction="sum") / n
+    return loss_cls, loss_box
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast on the device's type for ``precision == "bf16"``, nothing otherwise."""
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def train_step(
+    model: nn.Module,
+    batch: dict[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    precision: str = "fp32",
+) -> dict[str, float]:
+    """One SGD step on a collated mini-batch (``images``, ``rois``, ``labels``, ``targets``); returns the losses."""
+    model.train()
+    images = batch["images"].to(device, non_blocking=True)
+    rois = batch["rois"].to(device, non_blocking=True)
+    labels = batch["labels"].to(device, non_blocking=True)
+    targets = batch["targets"].to(device, non_blocking=True)
+    with autocast(device, precision):
+        cls_logits, deltas = model(images, rois)
+    loss_cls, loss_box = fast_rcnn_loss(cls_logits, deltas, labels, targets)
+    loss = loss_cls + loss_box
+    if not torch.isfinite(loss):
+        raise NonFiniteLossError(f"non-finite loss (cls {loss_cls.item()}, box {loss_box.item()})")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return {
+        "loss": float(loss.item()),
+        "loss_cls": float(loss_cls.item()),
+        "loss_box": float(loss_box.item()),
+        "fg_rois": int((labels > 0).sum().item()),
+        "rois": int(labels.numel()),
+    }
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, cfg: TrainConfig, iteration: int) -> float:
+    """Caffe's ``step`` policy: ``lr * gamma ** floor(iteration / step)`` times each group's ``lr_mult``."""
+    lr = cfg.lr * cfg.lr_gamma ** math.floor(iteration / cfg.lr_step) if cfg.lr_step > 0 else cfg.lr
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_mult", 1.0)
+    return lr
+
+
+def train(
+    model: nn.Module,
+    batches: Iterable[dict[str, torch.Tensor]],
+    optimizer: torch.optim.Optimizer,
+    cfg: TrainConfig,
+    device: torch.device,
+    progress: bool = True,
+) -> dict[str, float]:
+    """Run ``cfg.iterations`` steps over ``batches``; returns the mean losses of the last 20 iterations (Caffe's
+    ``average_loss``-style smoothing) and the iterations done."""
+    from tqdm import tqdm
+
+    recent: list[dict[str, float]] = []
+    bar = tqdm(total=cfg.iterations, desc="fast r-cnn train", unit="it", disable=not progress)
+    done = 0
+    try:
+        for it, batch in enumerate(batches):
+            if it >= cfg.iterations:
+                break
+            lr = set_learning_rate(optimizer, cfg, it)
+            stats = train_step(model, batch, optimizer, device, cfg.precision)
+            recent = [*recent[-19:], stats]
+            done = it + 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{stats['loss']:.3f}", cls=f"{stats['loss_cls']:.3f}", lr=f"{lr:g}")
+    finally:
+        bar.close()
+    summary = {k: sum(r[k] for r in recent) / len(recent) for k in ("loss", "loss_cls", "loss_box")} if recent else {}
+    summary["iterations"] = float(done)
+    return summary
