@@ -132,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
             }
         else:
             overlap = args.overlap if args.overlap is not None else 7
-            method = "nn-hog" if args.baseline == "nn" else f"baseline-{args.baseline}"
+            method = f"baseline-{args.baseline}"
             weights = {"source": f"baseline:{args.baseline}", "method": method, "sha256": None}
         protocol = EvalProtocol(resize_short=args.resize_short, overlap=overlap)
         hole = load_mask_file(args.mask, protocol.crop_size) if args.mask else centre_hole(protocol.crop_size, overlap)
@@ -162,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
         protocol_version=PROTOCOL_VERSION,
         protocol_description=protocol.describe() + ("" if not args.mask else f"; hole from mask file {args.mask}"),
         dataset=dataset,
-        train_split=args.train_images if args.baseline == "nn" else None,
+        train_split=None,  # nothing is trained; the nn search folder is in weights["train_images"]
         eval_split=str(images_root),
         metrics={k: v for k, v in table.items() if not k.startswith("PSNR_pooled")},
         primary_metric="PSNR_hole",
