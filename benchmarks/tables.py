@@ -48,6 +48,7 @@ METHOD_LABELS: dict[str, str] = {
     "baseline-biharmonic": "Biharmonic (scikit-image)",
     "baseline-nn": "NN-inpainting (HOG features)",
     "inpainting": "Context encoder (joint loss)",
+    "inpainting-l2": "Context encoder (L2 loss)",
 }
 #: display order of the transfer tasks in Table 2
 TASK_ORDER = ("cls", "svm", "det", "seg")

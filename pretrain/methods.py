@@ -341,3 +341,7 @@ class RandomInitMethod(PretrainMethod):
 
     def encoder_state_dict(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().clone() for k, v in self.unwrapped("encoder").state_dict().items()}
+
+
+# methods defined in their own modules register themselves on import
+import pretrain.inpainting  # noqa: E402, F401  (the 128-px inpainting network, --method inpainting)

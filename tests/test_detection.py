@@ -221,7 +221,7 @@ def test_smoke_transfer_det_writes_a_valid_record(det_tree: dict, tmp_path: Path
     out = tmp_path / "out"
     argv = ["transfer", "--task", "det", "--voc-root", str(det_tree["root"]), "--weights", "random"]
     argv += ["--out", str(out), "--preset", "smoke", "--iterations", "3", "--proposals", str(proposals)]
-    argv += ["--write-voc-results", "--proposal-workers", "1"]
+    argv += ["--write-voc-results", "--proposal-workers", "1", "--rescale"]
     assert main(argv) == 0
     (path,) = out.glob("det_*.json")
     record = read_record(path)
@@ -238,6 +238,7 @@ def test_smoke_transfer_det_writes_a_valid_record(det_tree: dict, tmp_path: Path
     lines = [line.split() for f in results for line in f.read_text().splitlines()]
     assert len(lines) == record["extra"]["detections"] > 0 and all(len(parts) == 6 for parts in lines)
     assert (out / "fast_rcnn.pt").is_file()
+    assert record["extra"]["rescale"]["scope"] == "trunk conv1..conv5"  # --rescale ran on the training images
 
 
 def test_rcnn_mat_files_feed_the_proposal_cache(det_tree: dict, tmp_path: Path) -> None:

@@ -97,7 +97,7 @@ def damaged(voc_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[P
 def smoke_run(damaged: tuple[Path, Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("seg_out")
     args = ["transfer", "--task", "seg", "--voc-root", str(damaged[0]), "--weights", "random", "--out", str(out)]
-    args += ["--preset", "smoke", "--iterations", "2", "--skip-bad", "--save-fcn", "--save-predictions"]
+    args += ["--preset", "smoke", "--iterations", "2", "--skip-bad", "--save-fcn", "--save-predictions", "--rescale"]
     val_id = voc_items(damaged[0], "val")[0].image_id
     _write_sbd(out / "sbd", {"train": ["2008_000001", val_id], "val": []})
     args += ["--sbd-root", str(out / "sbd")]
@@ -150,6 +150,9 @@ def test_smoke_training_writes_a_valid_record(smoke_run: Path, capsys: pytest.Ca
     with Image.open(preds[0]) as p, Image.open(ydir / "JPEGImages" / f"{preds[0].stem}.jpg") as im:
         assert p.mode == "P" and p.size == im.size
     assert (smoke_run / "fcn.safetensors").is_file()
+    rescale = rec["weights"]["rescale"]  # --rescale: the trunk's conv layers were rescaled on training images
+    assert rescale["scope"] == "trunk conv1..conv5" and rescale["images"] == 16
+    assert len(rescale["weight_scale"]) == 5 and any(abs(s - 1.0) > 1e-3 for s in rescale["weight_scale"])
 
 
 def _varied_fcn(path: Path) -> Path:

@@ -35,6 +35,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -228,3 +229,44 @@ def between_layer_scale_correction(
         converged=converged,
         history=history,
     )
+
+
+def rescale_trunk(
+    trunk: nn.Sequential,
+    image_paths: Sequence[str | Path],
+    norm: str,
+    *,
+    seed: int = 0,
+    count: int = 16,
+    size: int = 227,
+    max_iterations: int = 10,
+) -> dict[str, object]:
+    """``--rescale`` for harnesses whose head is not a plain chain (Fast R-CNN's RoI pooling, FCN's up-sampling):
+    the between-layer scale correction on the AlexNet trunk alone (conv1..conv5), on ``count`` training images
+    (drawn with ``seed``; shorter side resized to ``size``, centre ``size`` crop, the trunk's input convention).
+    The re-initialised head above the trunk keeps its protocol initialisation. Returns the report as a dict."""
+    from PIL import Image
+
+    from transfer.input_norm import normalize_image
+    from transfer.voc import load_image
+
+    if not image_paths:
+        raise ValueError("--rescale needs at least one training image")
+    order = torch.randperm(len(image_paths), generator=torch.Generator().manual_seed(seed))[:count].tolist()
+    views = []
+    for i in sorted(order):
+        im = load_image(Path(image_paths[i]))
+        scale = size / min(im.size)
+        im = im.resize(
+            (max(size, round(im.width * scale)), max(size, round(im.height * scale))), Image.Resampling.BILINEAR
+        )
+        left, top = (im.width - size) // 2, (im.height - size) // 2
+        views.append(normalize_image(im.crop((left, top, left + size, top + size)), norm))
+    device = next(trunk.parameters()).device
+    names = [f"conv{k}" for k in range(1, 6)]
+    report = between_layer_scale_correction(
+        list(trunk), torch.stack(views).to(device), max_iterations=max_iterations, seed=seed, names=names
+    ).to_dict()
+    report["images"] = len(views)
+    report["scope"] = "trunk conv1..conv5"
+    return report

@@ -5,6 +5,10 @@ The file holds the AlexNet encoder in torchvision ``alexnet().features`` keys (i
 source checkpoint and the code commit. ``bench pretrain`` writes the same file at the end of every run. The encoder
 is also a timm model: ``import pretrain.timm_models; timm.create_model("alexnet_context_encoder", pretrained=True,
 pretrained_cfg_overlay=dict(file="RUN_DIR/encoder.safetensors"))``.
+
+An ``--method inpainting`` run has no AlexNet trunk: its 128-px generator is exported instead, to
+``RUN_DIR/generator.safetensors``, with the bottleneck in the Lua code's convolutional layout by default
+(``--layout linear`` keeps the training layout).
 """
 
 from __future__ import annotations
@@ -24,18 +28,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="export this checkpoint file instead of the run's newest checkpoints/ckpt_*.pt",
     )
-    parser.add_argument("--output", default=None, help="output file (default: RUN_DIR/encoder.safetensors)")
+    parser.add_argument(
+        "--output",
+        default=None,
+        help="output file (default: RUN_DIR/encoder.safetensors, or RUN_DIR/generator.safetensors for inpainting runs)",
+    )
+    parser.add_argument(
+        "--layout",
+        choices=["conv", "linear"],
+        default="conv",
+        help="inpainting runs only: bottleneck as the Lua code's 4x4 convolutions (conv) or as trained (linear)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from safetensors import safe_open
 
     from pretrain.checkpoint import CheckpointError
     from pretrain.export import export_run
 
+    config_path = Path(args.run_dir) / "config.json"
+    method = json.loads(config_path.read_text()).get("method") if config_path.is_file() else None
     try:
-        path = export_run(args.run_dir, checkpoint=args.checkpoint, out=args.output)
-    except CheckpointError as exc:
+        if method == "inpainting":
+            from pretrain.inpainting import export_generator
+
+            out = args.output or Path(args.run_dir) / "generator.safetensors"
+            path = export_generator(args.checkpoint or args.run_dir, out, layout=args.layout)
+        else:
+            path = export_run(args.run_dir, checkpoint=args.checkpoint, out=args.output)
+    except (CheckpointError, ValueError) as exc:
         print(f"bench export: error: {exc}", file=sys.stderr)
         return 1
     with safe_open(str(path), framework="pt") as fh:

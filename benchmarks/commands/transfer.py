@@ -80,7 +80,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--rescale",
         action="store_true",
-        help="apply Krähenbühl et al.'s data-dependent rescaling to the pretrained layers",
+        help="apply Krähenbühl et al.'s data-dependent rescaling (magic_init -cs) to the pretrained layers: cls/svm "
+        "on the whole chain below fc8, det/seg on the trunk conv1..conv5 (transfer/rescale.py)",
     )
     parser.add_argument(
         "--input-norm",

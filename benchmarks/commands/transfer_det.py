@@ -185,8 +185,6 @@ def run(args: argparse.Namespace) -> int:
     apply_preset(args, PRESETS, args.preset)
     args.train_split = args.train_split or "trainval"
     args.eval_split = args.eval_split or "test"
-    if args.rescale:
-        raise SystemExit("--rescale is not implemented for --task det yet (see docs/protocols/detection.md)")
     if args.eval_split in ("trainval", args.train_split):
         print(f"warning: evaluating on {args.eval_split!r}, which overlaps the training split")
     out = Path(args.out)
@@ -227,6 +225,11 @@ def run(args: argparse.Namespace) -> int:
     if not eval_images:
         raise SystemExit(f"error: no usable image in VOC2007 {args.eval_split}")
 
+    rescale_info = None
+    if args.rescale:  # Krähenbühl's between-layer correction on the trunk, before the head is added
+        from transfer.rescale import rescale_trunk
+
+        rescale_info = rescale_trunk(trunk, [im.path for im in usable], args.input_norm, seed=args.seed)
     model = FastRCNN(trunk, hidden=args.det_fc_dim, seed=args.seed)
     frozen = freeze_trunk(model, args.det_freeze_through)
     model.to(device)
@@ -295,6 +298,7 @@ def run(args: argparse.Namespace) -> int:
             "detections": result["detections"],
             "classes_without_gt": result["classes_without_gt"],
             "frozen_layers": frozen,
+            "rescale": rescale_info,
             "ap_definition": "VOC devkit 2007 11-point interpolated AP (AP); VOC2010+ area under the curve (AP_auc)",
         },
     )

@@ -107,8 +107,6 @@ def run(args: argparse.Namespace) -> int:
     from transfer.voc import VOCError
     from transfer.weights import WeightsError
 
-    if args.rescale:
-        raise SystemExit("--rescale is not supported by --task seg (the FCN protocol transfers weights as they are)")
     applied = apply_preset(args, PRESETS, args.preset)
     if args.iterations < 0:
         raise SystemExit(f"--iterations must be >= 0, got {args.iterations}")
@@ -137,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers,
         seed=args.seed,
         skip_bad=args.skip_bad,
+        rescale=args.rescale,
         save_predictions=args.save_predictions,
         save_model=args.save_fcn,
         fcn_weights=args.fcn_weights,

@@ -61,6 +61,7 @@ class SegmentationConfig:
     workers: int = 4
     seed: int = 0
     skip_bad: bool = False
+    rescale: bool = False  # Krähenbühl between-layer correction of the trunk on training images
     save_predictions: bool = False
     save_model: bool = False
     fcn_weights: str | None = None
@@ -139,6 +140,13 @@ def run_segmentation(cfg: SegmentationConfig, ctx: DistributedContext) -> dict[s
     # model: transferred trunk + re-initialised FCN head (same seed on every rank)
     trunk, winfo = load_alexnet_trunk(cfg.weights, seed=cfg.seed)
     cfg = replace(cfg, input_norm=resolve_input_norm(cfg.input_norm, winfo.kind))
+    rescale_info = None
+    if cfg.rescale:  # deterministic (same images and seed on every rank), before the FCN head is added
+        if not train_items:
+            raise SegmentationError("--rescale needs training images (it is computed on the training split)")
+        from transfer.rescale import rescale_trunk
+
+        rescale_info = rescale_trunk(trunk, [i.image for i in train_items], cfg.input_norm, seed=cfg.seed)
     model = build_fcn(
         trunk,
         variant=cfg.variant,  # type: ignore[arg-type]
@@ -148,6 +156,8 @@ def run_segmentation(cfg: SegmentationConfig, ctx: DistributedContext) -> dict[s
         seed=cfg.seed,
     )
     weights = winfo.to_dict()
+    if rescale_info is not None:
+        weights["rescale"] = rescale_info
     if cfg.fcn_weights:
         _load_fcn_weights(model, Path(cfg.fcn_weights))
         weights["fcn_weights"] = str(cfg.fcn_weights)
