@@ -29,7 +29,6 @@ RESUME_MUTABLE_FIELDS: frozenset[str] = frozenset(
         "tensorboard",
         "scan_workers",
         "cache_dir",
-        "channels_last",
         "data",
         "voc_root",
     }
@@ -75,7 +74,7 @@ class PretrainConfig:
     #: pre-resized uint8 image cache for repeated epochs (``pretrain.data.UnlabeledImageDataset``); None = off
     cache_dir: str | None = None
     #: networks and inputs in channels-last memory layout (same arithmetic, faster convolutions; see
-    #: docs/performance.md)
+    #: docs/performance.md). Not changeable on --resume: the optimizer state keeps the layout it was saved in
     channels_last: bool = True
     # bookkeeping
     log_every: int = 20

@@ -181,7 +181,9 @@ class PretrainMethod:
 
     def state_dict(self) -> dict[str, Any]:
         model = {
-            f"{name}.{k}": v.detach().clone() for name, net in self._bare.items() for k, v in net.state_dict().items()
+            f"{name}.{k}": v.detach().clone(memory_format=torch.contiguous_format)
+            for name, net in self._bare.items()
+            for k, v in net.state_dict().items()
         }
         return {"model": model, "optimizer": {name: opt.state_dict() for name, opt in self.optimizers.items()}}
 
@@ -261,7 +263,9 @@ class _ReconstructionMethod(PretrainMethod):
     def encoder_state_dict(self) -> dict[str, torch.Tensor]:
         bare = self.unwrapped("model")
         assert isinstance(bare, ContextEncoder)
-        return {k: v.detach().clone() for k, v in bare.encoder.state_dict().items()}
+        return {
+            k: v.detach().clone(memory_format=torch.contiguous_format) for k, v in bare.encoder.state_dict().items()
+        }
 
     @torch.no_grad()
     def sample_grid(
@@ -340,7 +344,10 @@ class RandomInitMethod(PretrainMethod):
         raise RuntimeError("the random method has no prediction to show")
 
     def encoder_state_dict(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach().clone() for k, v in self.unwrapped("encoder").state_dict().items()}
+        return {
+            k: v.detach().clone(memory_format=torch.contiguous_format)
+            for k, v in self.unwrapped("encoder").state_dict().items()
+        }
 
 
 # methods defined in their own modules register themselves on import
