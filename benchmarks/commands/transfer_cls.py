@@ -8,8 +8,7 @@ from __future__ import annotations
 import argparse
 import math
 import time
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 TITLE = "VOC2007 classification fine-tuning (Krähenbühl et al. 2015 protocol)"
 PROTOCOL_ID = "voc07-cls-finetune"
@@ -24,9 +23,8 @@ def add_once(group: argparse._ArgumentGroup, *flags: str, **kwargs: Any) -> None
     group.add_argument(*flags, **kwargs)
 
 
-@dataclass
-class VOC07Inputs:
-    """What cls and svm both load before any work: splits, classes, items and the trunk."""
+class VOC07Inputs(NamedTuple):
+    """What cls and svm both load before any work: splits, classes, items and the trunk (unpacks in this order)."""
 
     train_split: str
     eval_split: str
@@ -201,15 +199,9 @@ def run(args: argparse.Namespace) -> int:
     apply_preset(args, PRESETS, args.preset)
     torch.manual_seed(args.seed)
     device = resolve_device(args.device)
-    inp = load_voc07_inputs(args)
-    train_split, eval_split, classes = inp.train_split, inp.eval_split, inp.classes
-    train_items, skipped_train, eval_items, skipped_eval = (
-        inp.train_items,
-        inp.skipped_train,
-        inp.eval_items,
-        inp.skipped_eval,
+    (train_split, eval_split, classes, train_items, skipped_train, eval_items, skipped_eval, trunk, winfo) = (
+        load_voc07_inputs(args)
     )
-    trunk, winfo = inp.trunk, inp.weights
     cfg = FinetuneConfig(
         iterations=args.iterations,
         batch_size=args.batch_size,

@@ -80,15 +80,9 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"error: --svm-layers {args.svm_layers!r}: unknown {bad}; choose from {PROBE_LAYERS}")
     if args.svm_primary_layer not in layers:
         raise SystemExit(f"error: --svm-primary-layer {args.svm_primary_layer} is not among --svm-layers")
-    inp = load_voc07_inputs(args)
-    train_split, eval_split, classes = inp.train_split, inp.eval_split, inp.classes
-    train_items, skipped_train, eval_items, skipped_eval = (
-        inp.train_items,
-        inp.skipped_train,
-        inp.eval_items,
-        inp.skipped_eval,
+    (train_split, eval_split, classes, train_items, skipped_train, eval_items, skipped_eval, trunk, winfo) = (
+        load_voc07_inputs(args)
     )
-    trunk, winfo = inp.trunk, inp.weights
     norm = resolve_input_norm(args.input_norm, winfo.kind)
     protocol = SVMProtocol(
         costs=_costs(args.svm_costs), layers=layers, image_size=args.svm_image_size, pooling=args.svm_pooling
