@@ -49,8 +49,6 @@ from transfer.voc import (
     read_image_set,
 )
 
-#: input normalisations: name -> (mean, std) applied to RGB in [0, 1], or the Caffe BGR 0..255 mean subtraction
-
 
 @dataclass
 class FinetuneConfig:
