@@ -9,6 +9,7 @@ test and the per-class ``<cls>_<split>.txt`` files) and VOC2012 (Main and Segmen
 
 from __future__ import annotations
 
+import colorsys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,8 +72,6 @@ def _crop(rng: np.random.Generator, backgrounds: list[np.ndarray], w: int, h: in
 def _class_style(k: int) -> tuple[str, tuple[int, int, int], int]:
     """Shape, colour and stripe period that identify class ``k``."""
     hue = (k * 0.618034) % 1.0
-    import colorsys
-
     r, g, b = colorsys.hsv_to_rgb(hue, 0.85, 0.95)
     return _SHAPES[k % len(_SHAPES)], (int(r * 255), int(g * 255), int(b * 255)), 3 + (k // 4) % 5
 
@@ -103,6 +102,7 @@ class _Obj:
     box: tuple[int, int, int, int]  # 0-based inclusive pixel box
     difficult: bool
     truncated: bool
+    instance: int  # value of the object's pixels in the SegmentationObject mask
 
 
 def _render(
@@ -153,19 +153,18 @@ def _render(
                 vis,
                 difficult=difficult_every > 0 and counter[0] % difficult_every == 0,
                 truncated=truncated,
+                instance=n,
             )
         )
     # VOC marks a band around every object boundary as "void" (255)
     edges = np.zeros_like(seg, bool)
-    for arr in (inst,):
-        edges[:, 1:] |= arr[:, 1:] != arr[:, :-1]
-        edges[1:, :] |= arr[1:, :] != arr[:-1, :]
+    edges[:, 1:] |= inst[:, 1:] != inst[:, :-1]
+    edges[1:, :] |= inst[1:, :] != inst[:-1, :]
     seg[edges] = IGNORE_LABEL
     inst[edges] = IGNORE_LABEL
     for obj in objects:  # difficult objects are void in the masks too
         if obj.difficult:
-            region = inst == (objects.index(obj) + 1)
-            seg[region] = IGNORE_LABEL
+            seg[inst == obj.instance] = IGNORE_LABEL
     return image, seg, inst, objects
 
 
@@ -186,7 +185,7 @@ def _annotation_xml(image_id: str, folder: str, w: int, h: int, objects: list[_O
             "    <pose>Unspecified</pose>",
             f"    <truncated>{int(o.truncated)}</truncated>",
             f"    <difficult>{int(o.difficult)}</difficult>",
-            f"    <bndbox><xmin>{x1 + 1}</xmin><ymin>{y1 + 1}</ymin>",
+            f"    <bndbox><xmin>{x1 + 1}</xmin><ymin>{y1 + 1}</ymin>"  # one line, as in the devkit's files
             f"<xmax>{x2 + 1}</xmax><ymax>{y2 + 1}</ymax></bndbox>",
             "  </object>",
         ]
