@@ -14,6 +14,8 @@ averaged away. Without a mask (the autoencoder baseline: the whole image is reco
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 
@@ -22,24 +24,66 @@ def masked_l2_loss(
 ) -> torch.Tensor:
     """Normalised masked L2 (see the module docstring), a scalar.
 
-    pred, target: ``[N, C, H, W]``; mask: bool ``[N, 1, H, W]`` (True = dropped, the pixels that count) or None
-    (every pixel counts); weight: optional per-pixel weights ``[N, 1, H, W]`` broadcast over channels. A mask with no
-    dropped pixel gives 0 (still connected to ``pred`` so ``backward`` works). Computed in float32 whatever the
-    input dtype (bf16 autocast outputs are upcast).
+    pred, target: ``[N, C, H, W]`` in any memory layout (a channels-last prediction is not copied); mask: bool
+    ``[N, 1, H, W]`` (True = dropped, the pixels that count) or None (every pixel counts); weight: optional per-pixel
+    weights ``[N, 1, H, W]`` broadcast over channels. A mask with no dropped pixel gives 0 (still connected to
+    ``pred`` so ``backward`` works); values outside the mask never enter the loss or its gradient, even when they
+    are not finite. Computed in float32 whatever the input dtype (bf16 autocast outputs are upcast; float64 stays
+    float64); the gradient comes back in ``pred``'s dtype.
+
+    One fused autograd function: the forward pass makes the masked difference once, keeps ``2 w M (pred -
+    target) / denominator`` as the gradient and sums the squares with a dot product; the backward pass only scales
+    the kept gradient (the unfused expression made about four full-size temporaries each way).
     """
     if pred.shape != target.shape:
         raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape")
-    diff2 = (pred.float() - target.float()).pow(2)
+    if mask is not None:
+        if mask.dim() != 4 or mask.shape[1] != 1:
+            raise ValueError(f"mask must be [N, 1, H, W], got {tuple(mask.shape)}")
+        mask = mask.to(device=pred.device, dtype=torch.bool)
     if weight is not None:
-        diff2 = diff2 * weight.float()
-    if mask is None:
-        return diff2.mean()
-    if mask.dim() != 4 or mask.shape[1] != 1:
-        raise ValueError(f"mask must be [N, 1, H, W], got {tuple(mask.shape)}")
-    m = mask.to(device=diff2.device, dtype=torch.bool)
-    count = m.sum() * pred.shape[1]
-    total = torch.where(m, diff2, torch.zeros((), dtype=diff2.dtype, device=diff2.device)).sum()
-    return total / count.clamp(min=1).to(total.dtype)
+        weight = weight.to(device=pred.device, dtype=torch.promote_types(pred.dtype, torch.float32))
+    return _MaskedL2.apply(pred, target, mask, weight)
+
+
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    """A 1-D view of a dense tensor (contiguous or channels-last), a copy otherwise."""
+    if t.is_contiguous():
+        return t.view(-1)
+    if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last):
+        return t.permute(0, 2, 3, 1).reshape(-1)  # a view: the permuted tensor is contiguous
+    return t.reshape(-1)
+
+
+class _MaskedL2(torch.autograd.Function):
+    @staticmethod
+    def forward(
+        ctx: Any,
+        pred: torch.Tensor,
+        target: torch.Tensor,
+        mask: torch.Tensor | None,
+        weight: torch.Tensor | None,
+    ) -> torch.Tensor:
+        dtype = torch.promote_types(pred.dtype, torch.float32)  # float32, or float64 for float64 inputs
+        diff = pred.to(dtype) - target.to(dtype)  # a new tensor in pred's layout
+        if mask is not None:
+            diff.masked_fill_(~mask, 0.0)
+            denom = (mask.sum() * pred.shape[1]).clamp(min=1).to(dtype)
+        else:
+            denom = torch.tensor(float(diff.numel()), dtype=dtype, device=diff.device)
+        weighted = diff if weight is None else diff * weight
+        total = torch.dot(_flat(diff), _flat(weighted))  # sum of w * M * (pred - target)^2 (M is 0 or 1)
+        grad = weighted.mul_(2.0 / denom)  # d loss / d pred, kept for backward
+        ctx.save_for_backward(grad)
+        ctx.pred_dtype = pred.dtype
+        return total / denom
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None]:
+        (grad,) = ctx.saved_tensors
+        if not ctx.needs_input_grad[0]:
+            return None, None, None, None
+        return (grad * grad_output).to(ctx.pred_dtype), None, None, None
 
 
 def overlap_band_weight(mask_hole: torch.Tensor, mask_region: torch.Tensor, band_weight: float = 10.0) -> torch.Tensor:

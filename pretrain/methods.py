@@ -254,7 +254,7 @@ class _ReconstructionMethod(PretrainMethod):
             inputs = images
         with self.autocast():
             pred = self.networks["model"](self.to_layout(inputs))
-        pred = pred.float().contiguous()
+        pred = pred.float()
         target = images
         if pred.shape[-1] != images.shape[-1]:  # output_align="none": compare with the centre crop
             target, mask = _centre_crop(images, pred.shape[-1]), _centre_crop(mask, pred.shape[-1])
@@ -307,7 +307,7 @@ class AutoencoderMethod(_ReconstructionMethod):
     def training_step(self, images: torch.Tensor, generator: torch.Generator) -> dict[str, float]:
         with self.autocast():
             pred = self.networks["model"](self.to_layout(images))
-        pred = pred.float().contiguous()
+        pred = pred.float()
         target = images if pred.shape[-1] == images.shape[-1] else _centre_crop(images, pred.shape[-1])
         loss = masked_l2_loss(pred, target, None)
         self.step(loss, "model")

@@ -78,3 +78,48 @@ def test_overlap_band_of_the_128px_inpainting_net() -> None:
     w = overlap_band_weight(hole, region)
     assert int((w == 10).sum()) == 2 * (64 * 64 - 56 * 56)
     assert (w[:, :, 36:92, 36:92] == 1).all() and (w[:, :, :32] == 1).all()
+
+
+def _reference_l2(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The unfused expression: sum(w * M * (pred - target)^2) / (C * sum(M))."""
+    return (weight * mask * (pred - target) ** 2).sum() / (mask.sum() * pred.shape[1])
+
+
+def test_fused_masked_l2_matches_the_unfused_expression_and_its_gradient() -> None:
+    gen = torch.Generator().manual_seed(0)
+    target = torch.randn(2, 3, 9, 7, generator=gen, dtype=torch.float64)
+    mask = torch.rand(2, 1, 9, 7, generator=gen) < 0.4
+    weight = torch.rand(2, 1, 9, 7, generator=gen, dtype=torch.float64) * 3
+    pred = torch.randn(2, 3, 9, 7, generator=gen, dtype=torch.float64, requires_grad=True)
+    torch.autograd.gradcheck(lambda p: masked_l2_loss(p, target, mask, weight), (pred,))
+    ref = pred.detach().clone().requires_grad_()
+    _reference_l2(ref, target, mask, weight).backward()
+    masked_l2_loss(pred, target, mask, weight).backward()
+    assert pred.grad is not None and ref.grad is not None
+    assert torch.allclose(pred.grad, ref.grad)
+
+
+def test_masked_l2_channels_last_prediction_same_loss_and_gradient_layout() -> None:
+    gen = torch.Generator().manual_seed(1)
+    target = torch.rand(4, 3, 16, 16, generator=gen) * 2 - 1
+    mask = torch.rand(4, 1, 16, 16, generator=gen) < 0.3
+    dense = torch.randn(4, 3, 16, 16, generator=gen)
+    a = dense.clone().requires_grad_()
+    b = dense.clone().contiguous(memory_format=torch.channels_last).requires_grad_()
+    la, lb = masked_l2_loss(a, target, mask), masked_l2_loss(b, target, mask)
+    la.backward()
+    lb.backward()
+    assert la.item() == pytest.approx(lb.item(), rel=1e-6)
+    assert a.grad is not None and b.grad is not None
+    assert torch.allclose(a.grad, b.grad) and b.grad.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_masked_l2_ignores_non_finite_values_outside_the_mask_and_returns_pred_dtype_gradient() -> None:
+    pred = torch.zeros_like(TARGET)
+    pred[0, :, 0, 1] = float("nan")  # (0, 1) is not dropped
+    pred = pred.bfloat16().requires_grad_()
+    loss = masked_l2_loss(pred, TARGET, MASK)
+    assert loss.item() == pytest.approx(21 / 4)
+    loss.backward()
+    assert pred.grad is not None and pred.grad.dtype == torch.bfloat16
+    assert torch.isfinite(pred.grad).all() and (pred.grad[0, :, 0, 1] == 0).all()
