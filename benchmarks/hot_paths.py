@@ -101,6 +101,48 @@ def ce_step_before(device: torch.device, precision: str, quick: bool) -> Workloa
     return Workload(_method_step(method, config, images), batch, "NCHW, unfused Adam")
 
 
+@register(
+    "ce_convs",
+    "the ce_step's convolutions alone (conv1-5, 1x1 mixing, five up-convolutions; forward + backward): "
+    "the MFU ceiling of ce_step",
+)
+def ce_convs(device: torch.device, precision: str, quick: bool) -> Workload:
+    """Every convolution of the context encoder, run forward and backward one after the other on inputs of the
+    shapes, layout and precision they have in ``ce_step`` (recorded by hooks in one forward pass). Only the
+    encoder's first convolution skips its input gradient, as in training. Nothing else of the step runs (no mask,
+    pooling, ReLU, channel-wise FC, resize, loss or Adam), so this row's MFU is the most ``ce_step`` could reach
+    with these convolution kernels."""
+    batch = 16
+    method, config = _pretrain_method("context-encoder", device, precision, batch_size=batch, mask="random-region")
+    net = method.networks["model"]
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d | torch.nn.ConvTranspose2d)]
+    shapes: dict[int, tuple[torch.Size, torch.Size]] = {}
+
+    def record(mod: torch.nn.Module, args: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+        shapes[id(mod)] = (args[0].shape, out.shape)
+
+    hooks = [m.register_forward_hook(record) for m in convs]
+    with torch.no_grad(), method.autocast():
+        net(method.to_layout(_images(batch, config.crop_size, device)))
+    for hook in hooks:
+        hook.remove()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    cases = []
+    for i, conv in enumerate(convs):
+        in_shape, out_shape = shapes[id(conv)]
+        x = method.to_layout(torch.randn(in_shape, device=device, dtype=dtype)).requires_grad_(i > 0)
+        grad = method.to_layout(torch.randn(out_shape, device=device, dtype=dtype))
+        cases.append((conv, x, grad))
+
+    def step() -> Any:
+        for conv, x, grad in cases:
+            with method.autocast():
+                out = conv(x)
+            out.backward(grad)
+
+    return Workload(step, batch, f"{len(cases)} convolutions of ce_step, {config.crop_size} px, batch {batch}")
+
+
 def _unfused_adam(method: Any) -> None:
     """Replace every optimizer of ``method`` by the per-parameter ``torch.optim.Adam`` loop (the pre-speed-work
     default; same hyperparameters)."""

@@ -46,6 +46,24 @@ def test_worker_measures_peak_and_a_hot_path_in_process() -> None:
     assert masks["peak_rss_mb"] >= masks["baseline_rss_mb"] > 0
 
 
+def test_ce_convs_runs_exactly_the_convolutions_of_ce_step() -> None:
+    """The ceiling row: the same convolution FLOPs as the full step, less only the channel-wise FC (a bmm) and the
+    small matrix products that resize the random-region masks."""
+    import benchmarks.hot_paths as hp
+    from pretrain.engine import derive_seed
+
+    cpu = torch.device("cpu")
+    step_flops = count_flops(hp.ce_step(cpu, "fp32", True).step)
+    convs = hp.ce_convs(cpu, "fp32", True)
+    assert convs.images_per_step == 16 and "11 convolutions" in convs.note
+    channel_fc = 3 * 2 * 16 * 256 * 36 * 36  # forward, input gradient and weight gradient of [16, 256, 36] x [36, 36]
+    method, config = hp._pretrain_method("context-encoder", cpu, "fp32", batch_size=16, mask="random-region")
+    images = torch.zeros(16, 3, config.crop_size, config.crop_size)
+    mask_seed = derive_seed(config.seed, "mask", 0, 0)  # the first step's mask (iteration 0, rank 0)
+    mask_flops = count_flops(lambda: method.sample_mask(images, torch.Generator().manual_seed(mask_seed)))
+    assert count_flops(convs.step) == step_flops - channel_fc - mask_flops
+
+
 def test_bench_speed_quick_writes_report(tmp_path: Path, subprocess_env: dict[str, str]) -> None:
     """The real CLI (subprocess-isolated measurements): peaks + one cheap hot path, table on screen, JSON file."""
     from benchmarks.cli import main
