@@ -248,7 +248,10 @@ class VOCClassifier(nn.Module):
         return layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+        # channels-last convolutions: the same arithmetic, a fine-tuning step about 7% (fp32) / 10% (bf16) faster
+        # on CPU (docs/performance.md); flatten follows the logical [N, C, H, W] order whatever the layout
+        x = self.features(x.contiguous(memory_format=torch.channels_last))
+        return self.classifier(torch.flatten(self.avgpool(x), 1))
 
     def layer_chain(self) -> tuple[list[nn.Module], list[str]]:
         """The network below fc8 as a flat feed-forward chain (conv1..pool5, fc6, relu6, drop6, fc7) and the names

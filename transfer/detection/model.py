@@ -72,8 +72,9 @@ class FastRCNN(nn.Module):
         self.bbox_pred.bias.zero_()
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
-        """conv5 feature maps ``[N, 256, H/16, W/16]`` (roughly)."""
-        return self.features(images)
+        """conv5 feature maps ``[N, 256, H/16, W/16]`` (roughly). The convolutions run in channels-last layout (the
+        same arithmetic; on CPU a Fast R-CNN step is about 6% faster in fp32 and 9% in bf16, docs/performance.md)."""
+        return self.features(images.contiguous(memory_format=torch.channels_last))
 
     def forward_rois(self, features: torch.Tensor, rois: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # RoI pooling in fp32: torchvision's CPU kernel has no bf16 version (on CUDA autocast casts it to fp32 too)
