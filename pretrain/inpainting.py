@@ -196,6 +196,23 @@ class InpaintingMethod(PretrainMethod):
         with self.autocast():
             return self.networks["discriminator"](patch).float()
 
+    def _d_logits_for_generator(self, patch: torch.Tensor) -> torch.Tensor:
+        """The discriminator's logits for the generator's adversarial loss. The bare discriminator runs (no DDP
+        all-reduce of its gradients) with its parameters frozen for this pass, so backward computes only the
+        gradient that reaches the generator. The discriminator's weight gradients of this pass were never used:
+        the next discriminator step zeroes them before its own backward. Saves about a third of the
+        discriminator's backward work in every generator step."""
+        bare = self.unwrapped("discriminator")
+        trained = [p for p in bare.parameters() if p.requires_grad]
+        for p in trained:
+            p.requires_grad_(False)
+        try:
+            with self.autocast():
+                return bare(patch).float()
+        finally:
+            for p in trained:
+                p.requires_grad_(True)
+
     def training_step(self, images: torch.Tensor, generator: torch.Generator) -> dict[str, float]:
         _, pred, target, hole = self._forward(images, self.sample_mask(images, generator))
         stats: dict[str, float] = {}
@@ -212,7 +229,7 @@ class InpaintingMethod(PretrainMethod):
         loss_rec = self.reconstruction_loss(pred, target, hole)
         loss_g = (1.0 - self.adv_weight) * loss_rec
         if self.adv_weight > 0:
-            gen_logits = self._d_logits(pred)
+            gen_logits = self._d_logits_for_generator(pred)
             loss_adv = F.binary_cross_entropy_with_logits(gen_logits, torch.ones_like(gen_logits))
             loss_g = loss_g + self.adv_weight * loss_adv
             stats["loss_adv"] = float(loss_adv.detach())

@@ -102,6 +102,35 @@ def test_joint_loss_step_updates_both_networks() -> None:
     assert not torch.equal(pred[..., 39:89, 39:89], original[..., 39:89, 39:89])
 
 
+def test_generator_step_skips_discriminator_weight_gradients_with_the_same_updates() -> None:
+    """The generator's adversarial pass runs the discriminator frozen: the same weights after two iterations as
+    the plain pass through the trained discriminator, and no discriminator gradient left from the generator step."""
+
+    class PlainPass(InpaintingMethod):
+        def _d_logits_for_generator(self, patch: torch.Tensor) -> torch.Tensor:
+            return self._d_logits(patch)  # D's weight gradients computed too (and discarded by the next D step)
+
+    images = torch.rand(4, 3, 128, 128, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    runs = []
+    for cls in (InpaintingMethod, PlainPass):
+        torch.manual_seed(0)
+        method = cls(_config(batch_size=4), torch.device("cpu"))
+        d_grads = []
+        for it in range(2):
+            torch.manual_seed(10 + it)  # dropout-free nets, but keep any sampling identical
+            method.training_step(images, torch.Generator().manual_seed(it))
+            d_grads.append([p.grad.clone() for p in method.networks["discriminator"].parameters()])
+        runs.append((method, d_grads))
+    (fast, fast_grads), (plain, plain_grads) = runs
+    for name in ("generator", "discriminator"):
+        for a, b in zip(fast.networks[name].parameters(), plain.networks[name].parameters(), strict=True):
+            assert torch.equal(a, b), name
+    assert all(p.requires_grad for p in fast.networks["discriminator"].parameters())  # restored after the pass
+    # after a step the discriminator's gradients are its own step's: the plain pass adds the generator step's
+    differs = [not torch.equal(a, b) for a, b in zip(fast_grads[-1], plain_grads[-1], strict=True)]
+    assert any(differs)
+
+
 def test_reconstruction_loss_weights_the_overlap_ring() -> None:
     method = InpaintingMethod(_config(method_options={"bottleneck": 8, "overlap": 4}), torch.device("cpu"))
     target = torch.zeros(1, 3, 64, 64)
