@@ -64,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if argv is None:  # a `bench` process (not a call from Python code): keep freed memory for reuse
+        from pretrain.allocator import keep_freed_memory
+
+        keep_freed_memory()
     argv = list(sys.argv[1:] if argv is None else argv)
     # `bench transfer` builds its task-specific options from --task before parsing (see commands/transfer.py)
     parser = build_parser()

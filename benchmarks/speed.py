@@ -58,6 +58,8 @@ class Measurement:
     feeds: str | None = None
     #: how ``median_step_s`` was taken: "median", "mean" (loaders) or "min" (peaks)
     aggregate: str = "median"
+    #: the measuring process's memory allocator mode (``pretrain.allocator``): heap, system or unsupported
+    allocator: str = "system"
 
 
 def _rss_mb() -> float:
@@ -144,6 +146,7 @@ def _sync_for(device: torch.device) -> Callable[[], None]:
 def run_worker(name: str, precision: str, device_name: str, quick: bool) -> dict[str, Any]:
     """Measure one workload in this process (called in a subprocess by ``run_all``)."""
     import benchmarks.hot_paths  # noqa: F401  (registers the hot paths)
+    from pretrain.allocator import allocator_mode
     from pretrain.distributed import resolve_device
 
     device = resolve_device(device_name)
@@ -195,6 +198,7 @@ def run_worker(name: str, precision: str, device_name: str, quick: bool) -> dict
         note=workload.note,
         feeds=workload.feeds,
         aggregate="min" if name.startswith("peak:") else workload.aggregate,
+        allocator=allocator_mode(),
     )
     return asdict(m)
 
@@ -253,6 +257,7 @@ def run_all(
         "quick": quick,
         "device": str(dev),
         "threads": threads or torch.get_num_threads(),
+        "allocator": sorted({r["allocator"] for r in rows if "allocator" in r}),
         "load_average": list(os.getloadavg()),
         "peak_gflop_per_s": peaks,
         "measured_at": utc_now_iso(),
@@ -297,13 +302,17 @@ def format_table(report: dict[str, Any]) -> str:
     load = ", ".join(f"{x:.1f}" for x in report.get("load_average", []))
     lines.append(
         f"measured peak: {peaks}  (device {report['device']}, {report.get('threads')} threads, "
-        f"quick={report['quick']}, load average at the end {load})"
+        f"quick={report['quick']}, allocator {'/'.join(report.get('allocator') or ['?'])}, "
+        f"load average at the end {load})"
     )
     return "\n".join(lines)
 
 
 def _main(argv: list[str]) -> int:
     if argv[:1] == ["--worker"]:
+        from pretrain.allocator import keep_freed_memory
+
+        keep_freed_memory()  # as the `bench` commands do, so that the figures are theirs
         name, precision, device = argv[1:4]
         print(json.dumps(run_worker(name, precision, device, "--quick" in argv)))
         return 0

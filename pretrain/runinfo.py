@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from pretrain import __version__
+from pretrain.allocator import allocator_mode
 
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -67,6 +68,7 @@ def environment_info(device: torch.device | str | None = None) -> dict[str, Any]
         "torch_threads": torch.get_num_threads(),
         "cuda_available": torch.cuda.is_available(),
         "device": str(device) if device is not None else None,
+        "allocator": allocator_mode(),  # pretrain.allocator: heap (freed memory kept for reuse) or system
     }
     try:
         import torchvision

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import platform
 import shutil
 import subprocess
 import sys
@@ -302,6 +303,10 @@ def test_torchrun_two_processes_gloo(image_folder: Path, tmp_path: Path, subproc
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["status"] == "completed" and summary["iteration"] == 4
+    # a `bench` process keeps freed memory for reuse (pretrain.allocator) and says so in env.json
+    glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    environment = json.loads((out / "env.json").read_text())["environment"]
+    assert environment["allocator"] == ("heap" if glibc else "unsupported")
     assert (out / "encoder.safetensors").is_file() and (out / "samples" / "iter_00000004.png").is_file()
     assert _final(out)["iteration"] == 4
     logged = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
