@@ -168,3 +168,10 @@ def test_bench_pretrain_cache_dir_fills_the_cache(image_folder: Path, tmp_path: 
     assert 1 <= len(entries) <= 4  # the 2 x 2 images the run loaded (fewer when the sampler drew one twice)
     arr = np.load(entries[0])
     assert arr.dtype == np.uint8 and arr.ndim == 3 and arr.shape[2] == 3 and min(arr.shape[:2]) == 72
+
+
+def test_speed_help_names_every_hot_path() -> None:
+    from benchmarks.commands.speed import DESCRIPTION
+
+    for name in HOT_PATHS:
+        assert f" {name}" in DESCRIPTION, f"bench speed --help does not name the hot path {name}"

@@ -9,7 +9,10 @@ DESCRIPTION = (
     "Runs each measurement in its own subprocess: the machine's peak (large fp32/bf16 matrix products and "
     "convolutions), then each hot path (context-encoder step, inpainting step, data loader, classification, Fast "
     "R-CNN and FCN steps, selective-search proposals) in fp32 and bf16 where they apply. Prints a table and writes "
-    "JSON. Numbers are only comparable within one run on one machine."
+    "JSON. Numbers are only comparable within one run on one machine. The measuring processes keep freed memory for "
+    "reuse as every bench command does (BENCH_MALLOC=system in the environment measures glibc's defaults instead). "
+    "--only names: ce_step, ce_step_before, ce_convs (the step's convolutions alone: its MFU ceiling), inpaint_step, "
+    "inpaint_step_before, masks, data_loader, cls_step, det_step, fcn_step, proposals."
 )
 
 
