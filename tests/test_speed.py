@@ -171,7 +171,9 @@ def test_bench_pretrain_cache_dir_fills_the_cache(image_folder: Path, tmp_path: 
 
 
 def test_speed_help_names_every_hot_path() -> None:
+    import benchmarks.hot_paths  # noqa: F401  (registers the hot paths)
     from benchmarks.commands.speed import DESCRIPTION
 
+    assert len(HOT_PATHS) >= 11
     for name in HOT_PATHS:
         assert f" {name}" in DESCRIPTION, f"bench speed --help does not name the hot path {name}"
