@@ -6,12 +6,13 @@ R-CNN image. glibc serves every request above its mmap threshold (at most 32 MB)
 it with ``munmap`` when freed, so each step touches those pages for the first time again: one page fault per 4 KB,
 tens of milliseconds per step on CPU. ``keep_freed_memory`` turns that off for the process: every allocation comes
 from the heap (``M_MMAP_MAX = 0``) and freed memory stays there for the next step (``M_TRIM_THRESHOLD`` at its
-maximum). The peak memory is about the same (a few percent higher, measured); the process simply does not give
-memory back to the system until it exits. The arithmetic is untouched.
+maximum). The arithmetic is untouched. The costs: the process gives memory back to the system only when it exits,
+and its peak memory can be higher (freed blocks are not always the right size for the next request; measured up
+to +23%, Fast R-CNN bf16 1.6 -> 2.0 GB).
 
-Measured with ``bench speed`` rows in one process each (docs/performance.md): Fast R-CNN bf16 step +55%, FCN fp32
-+35%, classification fp32 +25%, inpainting bf16 +20%; the 227-px context-encoder step, whose buffers are all below
-32 MB, changes little.
+Measured with two back-to-back ``bench speed`` runs (docs/performance.md): classification step +29% fp32 / +60%
+bf16, Fast R-CNN +22% / +52%, FCN +42% / +60%, inpainting bf16 +18%; the 227-px context-encoder step, whose
+buffers are all below 32 MB, does not change.
 
 Applied by the ``bench`` entry point and by ``bench speed``'s measuring processes, so that the speed figures are
 those of the commands. ``BENCH_MALLOC=system`` in the environment keeps glibc's defaults. Other C libraries (macOS,
