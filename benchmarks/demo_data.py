@@ -1,10 +1,18 @@
 """Synthetic PASCAL VOC data for the demo and the tests: real JPEG, XML and palette-PNG files in the devkit layout.
 
-Objects of each class are drawn as a class-specific shape, colour and stripe texture onto crops of the natural
-photographs that scikit-image ships (no download needed). The tree holds VOC2007 (Main: train, val, trainval,
-test and the per-class ``<cls>_<split>.txt`` files) and VOC2012 (Main and Segmentation: train, val, trainval), with
-``Annotations`` (boxes, difficult and truncated flags), ``SegmentationClass`` and ``SegmentationObject`` masks
-(object borders labelled 255 as in VOC). Everything is a deterministic function of the seed.
+Objects are drawn onto crops of the natural photographs that scikit-image ships (no download needed). Each of the
+20 classes is one of five shapes filled with one of four two-tone textures (stripes across, stripes down, a
+checkerboard, dots) whose colours and period are drawn per object, so a class is decided by shape and texture,
+never by colour. Objects vary in size (about 1/5 to 3/5 of the shorter image side) and aspect, overlap (later
+objects occlude earlier ones; boxes and masks cover the visible part) and are cut by the image border (truncated).
+An object is difficult when less than 35% of its shape is visible or it covers less than 1.2% of the image, as VOC
+annotators flag objects hard to recognise (and, with ``difficult_every``, every N-th object as well).
+
+The tree holds VOC2007 (Main: train, val, trainval, test and the per-class ``<cls>_<split>.txt`` files) and VOC2012
+(Main and Segmentation: train, val, trainval), with ``Annotations`` (boxes, difficult and truncated flags),
+``SegmentationClass`` and ``SegmentationObject`` masks (object borders and difficult objects labelled 255 as in
+VOC). :func:`make_scene_folder` writes unlabelled scenes of the same kind for pretraining. Everything is a
+deterministic function of the seed.
 """
 
 from __future__ import annotations
@@ -36,7 +44,14 @@ _BACKGROUNDS = (
     "gravel",
     "coins",
 )
-_SHAPES = ("rectangle", "ellipse", "triangle", "diamond")
+#: class k is shape ``_SHAPES[k // 4]`` filled with texture ``_TEXTURES[k % 4]``; colours are drawn per object, so a
+#: class is told apart by shape and texture, never by colour
+_SHAPES = ("rectangle", "ellipse", "triangle", "diamond", "cross")
+_TEXTURES = ("hstripes", "vstripes", "checker", "dots")
+#: an object whose visible part is below this fraction of its full shape (occluded or cut by the border), or below
+#: ``_DIFFICULT_AREA`` of the image, is marked difficult, as VOC annotators mark objects hard to recognise
+_DIFFICULT_VISIBLE = 0.35
+_DIFFICULT_AREA = 0.012
 
 
 def natural_backgrounds() -> list[np.ndarray]:
@@ -69,11 +84,24 @@ def _crop(rng: np.random.Generator, backgrounds: list[np.ndarray], w: int, h: in
     return out.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if rng.random() < 0.5 else out
 
 
-def _class_style(k: int) -> tuple[str, tuple[int, int, int], int]:
-    """Shape, colour and stripe period that identify class ``k``."""
-    hue = (k * 0.618034) % 1.0
-    r, g, b = colorsys.hsv_to_rgb(hue, 0.85, 0.95)
-    return _SHAPES[k % len(_SHAPES)], (int(r * 255), int(g * 255), int(b * 255)), 3 + (k // 4) % 5
+def _class_style(k: int) -> tuple[str, str]:
+    """Shape and texture that identify class ``k``."""
+    return _SHAPES[(k // len(_TEXTURES)) % len(_SHAPES)], _TEXTURES[k % len(_TEXTURES)]
+
+
+def _texture(kind: str, w: int, h: int, period: int, colours: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """An ``[h, w, 3]`` uint8 two-tone texture of ``kind`` with the given period in pixels."""
+    ys, xs = np.mgrid[0:h, 0:w]
+    if kind == "hstripes":
+        on = ys // period % 2 == 0
+    elif kind == "vstripes":
+        on = xs // period % 2 == 0
+    elif kind == "checker":
+        on = (xs // period + ys // period) % 2 == 0
+    else:  # dots on a square lattice
+        c = period - 0.5
+        on = ((xs % (2 * period) - c) ** 2 + (ys % (2 * period) - c) ** 2) <= (0.7 * period) ** 2
+    return np.where(on[..., None], colours[0], colours[1]).astype(np.uint8)
 
 
 def _polygon(shape: str, box: tuple[int, int, int, int]) -> list[tuple[int, int]] | None:
@@ -83,6 +111,12 @@ def _polygon(shape: str, box: tuple[int, int, int, int]) -> list[tuple[int, int]
         return [(cx, y1), (x2, y2), (x1, y2)]
     if shape == "diamond":
         return [(cx, y1), (x2, cy), (cx, y2), (x1, cy)]
+    if shape == "cross":
+        ax, ay = (x2 - x1) // 6, (y2 - y1) // 6
+        return [
+            (cx - ax, y1), (cx + ax, y1), (cx + ax, cy - ay), (x2, cy - ay), (x2, cy + ay), (cx + ax, cy + ay),
+            (cx + ax, y2), (cx - ax, y2), (cx - ax, cy + ay), (x1, cy + ay), (x1, cy - ay), (cx - ax, cy - ay),
+        ]  # fmt: skip
     return None
 
 
@@ -96,10 +130,18 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: tuple[int, int, int,
         draw.rectangle(box, fill=fill)
 
 
+def _object_colours(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Two contrasting colours of random hues (a light and a dark tone)."""
+    light = colorsys.hsv_to_rgb(float(rng.random()), float(rng.uniform(0.3, 0.9)), float(rng.uniform(0.75, 1.0)))
+    dark = colorsys.hsv_to_rgb(float(rng.random()), float(rng.uniform(0.3, 0.9)), float(rng.uniform(0.1, 0.4)))
+    tones = (np.array(light) * 255, np.array(dark) * 255)
+    return (tones[0], tones[1]) if rng.random() < 0.5 else (tones[1], tones[0])
+
+
 @dataclass(frozen=True)
 class _Obj:
     cls: int
-    box: tuple[int, int, int, int]  # 0-based inclusive pixel box
+    box: tuple[int, int, int, int]  # 0-based inclusive pixel box of the visible part
     difficult: bool
     truncated: bool
     instance: int  # value of the object's pixels in the SegmentationObject mask
@@ -114,48 +156,44 @@ def _render(
     difficult_every: int,
     counter: list[int],
 ) -> tuple[Image.Image, np.ndarray, np.ndarray, list[_Obj]]:
+    """Draw one object per entry of ``classes`` (in order, so later objects occlude earlier ones) onto a photograph
+    crop; returns the image, the class and instance masks and the annotated (visible) objects."""
     image = _crop(rng, backgrounds, w, h)
-    seg = np.zeros((h, w), np.uint8)
     inst = np.zeros((h, w), np.uint8)
-    objects: list[_Obj] = []
+    drawn: list[tuple[int, int, np.ndarray, tuple[int, int, int, int]]] = []  # (class, instance, full mask, box)
     for n, k in enumerate(classes, start=1):
-        ow = int(rng.integers(w // 4, w // 2 + 1))
-        oh = int(rng.integers(h // 4, h // 2 + 1))
-        x1 = int(rng.integers(-ow // 5, w - ow + ow // 5))
-        y1 = int(rng.integers(-oh // 5, h - oh + oh // 5))
+        side = float(rng.uniform(0.22, 0.62))  # scale variation: the object's size relative to the image
+        ow = max(8, int(min(w, h) * side * rng.uniform(0.8, 1.25)))
+        oh = max(8, int(min(w, h) * side * rng.uniform(0.8, 1.25)))
+        x1 = int(rng.integers(-ow // 5, w - ow + ow // 5 + 1))
+        y1 = int(rng.integers(-oh // 5, h - oh + oh // 5 + 1))
         box = (x1, y1, x1 + ow - 1, y1 + oh - 1)
-        shape, colour, period = _class_style(k)
-        # texture: the class colour with stripes of a class-specific period
-        tex = np.zeros((h, w, 3), np.uint8)
-        tex[:] = colour
-        stripes = (np.arange(w)[None, :] + np.arange(h)[:, None]) // period % 2 == 0
-        tex[stripes] = (np.array(colour) * 0.45).astype(np.uint8)
+        shape, texture = _class_style(k)
+        tex = _texture(texture, w, h, int(rng.integers(2, 6)), _object_colours(rng))
         shape_mask = Image.new("L", (w, h), 0)
         _draw_shape(ImageDraw.Draw(shape_mask), shape, box, 255)
         m = np.array(shape_mask) > 0
         if not m.any():
             continue
         image = Image.composite(Image.fromarray(tex), image, shape_mask.filter(ImageFilter.GaussianBlur(0.6)))
-        seg[m], inst[m] = k + 1, n
-        ys, xs = np.nonzero(m)
+        inst[m] = n
+        drawn.append((k, n, m, box))
+    seg = np.zeros((h, w), np.uint8)
+    objects: list[_Obj] = []
+    for k, n, full, box in drawn:
+        vis_mask = inst == n
+        visible = int(vis_mask.sum())
+        if visible == 0:
+            continue  # wholly hidden by later objects: not annotated
+        seg[vis_mask] = k + 1
+        ys, xs = np.nonzero(vis_mask)
         vis = (int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max()))
-        truncated = (
-            vis != (max(box[0], 0), max(box[1], 0), min(box[2], w - 1), min(box[3], h - 1))
-            or box[0] < 0
-            or box[1] < 0
-            or box[2] >= w
-            or box[3] >= h
-        )
+        outside = box[0] < 0 or box[1] < 0 or box[2] >= w or box[3] >= h
+        truncated = outside or vis != (max(box[0], 0), max(box[1], 0), min(box[2], w - 1), min(box[3], h - 1))
         counter[0] += 1
-        objects.append(
-            _Obj(
-                k,
-                vis,
-                difficult=difficult_every > 0 and counter[0] % difficult_every == 0,
-                truncated=truncated,
-                instance=n,
-            )
-        )
+        hard = visible < _DIFFICULT_VISIBLE * int(full.sum()) or visible < _DIFFICULT_AREA * w * h
+        picked = difficult_every > 0 and counter[0] % difficult_every == 0
+        objects.append(_Obj(k, vis, difficult=hard or picked, truncated=truncated, instance=n))
     # VOC marks a band around every object boundary as "void" (255)
     edges = np.zeros_like(seg, bool)
     edges[:, 1:] |= inst[:, 1:] != inst[:, :-1]
@@ -243,7 +281,8 @@ def make_voc_tree(
                 w = int(image_size[0] * rng.uniform(0.8, 1.25))
                 h = int(image_size[1] * rng.uniform(0.8, 1.25))
                 n_obj = int(rng.integers(1, max_objects + 1))
-                cls_ids = [(cls_cursor + j) % len(classes) for j in range(n_obj)]
+                # the first object's class cycles (every class in every split), the others are drawn at random
+                cls_ids = [cls_cursor % len(classes), *rng.integers(len(classes), size=n_obj - 1).tolist()]
                 cls_cursor += 1
                 image, seg, inst, objects = _render(rng, backgrounds, w, h, cls_ids, difficult_every, counter)
                 image.save(ydir / "JPEGImages" / f"{image_id}.jpg", quality=90)
@@ -291,4 +330,29 @@ def make_image_folder(
         sub.mkdir(parents=True, exist_ok=True)
         ext = formats[i % len(formats)]
         _crop(rng, backgrounds, size[0], size[1]).save(sub / f"img_{i:04d}.{ext}")
+    return folder
+
+
+def make_scene_folder(
+    folder: str | Path,
+    count: int,
+    size: tuple[int, int] = (256, 192),
+    max_objects: int = 4,
+    num_classes: int = len(VOC_CLASSES),
+    seed: int = 0,
+) -> Path:
+    """Write ``count`` unlabelled scenes (JPEG): photograph crops with 0..``max_objects`` objects of the same shape
+    and texture classes as :func:`make_voc_tree`, so that pretraining sees the kind of images the transfer tasks
+    use, without their labels. Files go into subfolders of 500 (loaders search recursively)."""
+    folder = Path(folder)
+    rng = np.random.default_rng(seed)
+    backgrounds = natural_backgrounds()
+    for i in range(count):
+        sub = folder / f"{i // 500:03d}"
+        sub.mkdir(parents=True, exist_ok=True)
+        w = int(size[0] * rng.uniform(0.85, 1.15))
+        h = int(size[1] * rng.uniform(0.85, 1.15))
+        classes = rng.integers(num_classes, size=int(rng.integers(0, max_objects + 1))).tolist()
+        image = _render(rng, backgrounds, w, h, classes, 0, [0])[0]
+        image.save(sub / f"scene_{i:05d}.jpg", quality=90)
     return folder

@@ -49,7 +49,7 @@ METHODS = ("random", "autoencoder", "context-encoder")
 PRETRAINED_METHODS = ("autoencoder", "context-encoder")
 #: baselines of ``bench inpaint-eval`` that need no training, evaluated next to the trained inpainting network
 INPAINT_BASELINES = ("mean", "telea")
-DEFAULT_SEEDS = {"smoke": 1, "paper": 3}
+DEFAULT_SEEDS = {"smoke": 1, "cpu": 3, "paper": 3}
 #: stage names accepted by ``stage_args`` (extra options appended to that stage's command lines)
 STAGES = ("pretrain", "inpaint-pretrain", "inpaint-eval", *TRANSFER_TASKS, "table", "plot")
 
@@ -188,6 +188,9 @@ def build_cells(opts: SweepOptions) -> list[dict[str, Any]]:
                     str(seed),
                     *device,
                 ]
+                if task == "det" and "--proposals" not in extra.get(task, []):
+                    # selective search depends on the images only: one cache for every detection cell
+                    argv += ["--proposals", str(out / "proposals")]
                 cells.append(
                     _cell(f"transfer/{task}/{method}/seed{seed}", task, argv + extra.get(task, []), folder, deps, True)
                 )

@@ -151,8 +151,8 @@ def test_smoke_training_writes_a_valid_record(smoke_run: Path, capsys: pytest.Ca
         assert p.mode == "P" and p.size == im.size
     assert (smoke_run / "fcn.safetensors").is_file()
     rescale = rec["weights"]["rescale"]  # --rescale: the trunk's conv layers were rescaled on training images
-    assert rescale["scope"] == "trunk conv1..conv5" and rescale["images"] == 16
-    assert len(rescale["weight_scale"]) == 5 and any(abs(s - 1.0) > 1e-3 for s in rescale["weight_scale"])
+    assert rescale["scope"].startswith("trunk conv1..conv5 + fc6, fc7") and rescale["images"] == 16
+    assert len(rescale["weight_scale"]) == 7 and any(abs(s - 1.0) > 1e-3 for s in rescale["weight_scale"])
 
 
 def _varied_fcn(path: Path) -> Path:

@@ -240,11 +240,20 @@ def rescale_trunk(
     count: int = 16,
     size: int = 227,
     max_iterations: int = 10,
+    head: Sequence[nn.Module] = (),
+    head_names: Sequence[str] = (),
+    bias: float = 0.1,
 ) -> dict[str, object]:
-    """``--rescale`` for harnesses whose head is not a plain chain (Fast R-CNN's RoI pooling, FCN's up-sampling):
-    the between-layer scale correction on the AlexNet trunk alone (conv1..conv5), on ``count`` training images
-    (drawn with ``seed``; shorter side resized to ``size``, centre ``size`` crop, the trunk's input convention).
-    The re-initialised head above the trunk keeps its protocol initialisation. Returns the report as a dict."""
+    """``--rescale`` for harnesses whose head is not a plain chain (Fast R-CNN's RoI pooling, FCN's up-sampling),
+    on ``count`` training images (drawn with ``seed``; shorter side resized to ``size``, centre ``size`` crop, the
+    trunk's input convention).
+
+    Without ``head``: the between-layer scale correction on the AlexNet trunk alone (conv1..conv5); the
+    re-initialised layers above it keep their protocol initialisation. With ``head`` (the modules that follow the
+    trunk in a plain chain, e.g. a pooling layer, fc6, ReLU, fc7; its Conv2d/Linear layers are named by
+    ``head_names``): as magic_init does for every layer the pretrained file lacks, those layers first get the
+    within-layer data-dependent init (unit-variance pre-activations, mean ``bias``), then the between-layer
+    correction runs on the whole chain. Returns the report as a dict."""
     from PIL import Image
 
     from transfer.input_norm import normalize_image
@@ -263,10 +272,19 @@ def rescale_trunk(
         left, top = (im.width - size) // 2, (im.height - size) // 2
         views.append(normalize_image(im.crop((left, top, left + size, top + size)), norm))
     device = next(trunk.parameters()).device
-    names = [f"conv{k}" for k in range(1, 6)]
+    images = torch.stack(views).to(device)
+    chain = [*trunk, *head]
+    fresh = [i for i, m in enumerate(chain) if i >= len(trunk) and isinstance(m, _PARAM_LAYERS)]
+    if len(fresh) != len(head_names):
+        raise ValueError(f"head has {len(fresh)} Conv2d/Linear layers but {len(head_names)} names")
+    if fresh:
+        within_layer_init_(chain, images, fresh, bias=bias, seed=seed + 2)
+    names = [f"conv{k}" for k in range(1, 6)] + list(head_names)
     report = between_layer_scale_correction(
-        list(trunk), torch.stack(views).to(device), max_iterations=max_iterations, seed=seed, names=names
+        chain, images, max_iterations=max_iterations, seed=seed, names=names
     ).to_dict()
     report["images"] = len(views)
-    report["scope"] = "trunk conv1..conv5"
+    report["scope"] = "trunk conv1..conv5" + (
+        f" + {', '.join(head_names)} (within-layer init, then the correction)" if head_names else ""
+    )
     return report

@@ -31,8 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--preset",
         default="smoke",
-        choices=["smoke", "paper"],
-        help="passed to every stage: paper = the published settings, smoke = the same code at CPU scale",
+        choices=["smoke", "cpu", "paper"],
+        help="passed to every stage: paper = the published settings; cpu = the same code sized for 2 CPU cores on "
+        "the demo dataset, where every harness learns (3 seeds, about an hour); smoke = toy scale, code paths only",
     )
     parser.add_argument(
         "--voc-root",
@@ -49,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--seeds",
         type=int,
         default=None,
-        help="transfer seeds 0..N-1 per task and method (default: 1 for smoke, 3 for paper)",
+        help="transfer seeds 0..N-1 per task and method (default: 1 for smoke, 3 for cpu and paper)",
     )
     parser.add_argument(
         "--tasks",

@@ -56,8 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--preset",
         default="paper",
-        choices=["paper", "smoke"],
-        help="paper: the protocol's published settings; smoke: same code at CPU scale",
+        choices=["paper", "cpu", "smoke"],
+        help="paper: the protocol's published settings; cpu: the same code sized for 2 CPU cores on the demo "
+        "dataset, where every harness learns; smoke: the same code at toy scale (checks code paths only)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of re-initialised layers, sampling and augmentation")
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
@@ -79,9 +80,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--rescale",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=None,
         help="apply Krähenbühl et al.'s data-dependent rescaling (magic_init -cs) to the pretrained layers: cls/svm "
-        "on the whole chain below fc8, det/seg on the trunk conv1..conv5 (transfer/rescale.py)",
+        "on the whole chain below fc8, det/seg on the trunk conv1..conv5 (transfer/rescale.py) (preset: paper "
+        "off, cpu on for cls/det/seg, smoke off)",
     )
     parser.add_argument(
         "--input-norm",

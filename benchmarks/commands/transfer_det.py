@@ -173,7 +173,7 @@ def run(args: argparse.Namespace) -> int:
         load_detection_split,
     )
     from transfer.detection.evaluate import EvalConfig, evaluate, write_voc_results
-    from transfer.detection.model import FastRCNN, freeze_trunk, parameter_groups
+    from transfer.detection.model import FastRCNN, freeze_trunk, parameter_groups, rescale_fast_rcnn
     from transfer.detection.proposals import ProposalError
     from transfer.detection.train import NonFiniteLossError, TrainConfig, train
     from transfer.input_norm import resolve_input_norm
@@ -185,8 +185,12 @@ def run(args: argparse.Namespace) -> int:
     apply_preset(args, PRESETS, args.preset)
     args.train_split = args.train_split or "trainval"
     args.eval_split = args.eval_split or "test"
-    if args.eval_split in ("trainval", args.train_split):
-        print(f"warning: evaluating on {args.eval_split!r}, which overlaps the training split")
+    overlapping = {args.train_split, args.eval_split}
+    if len(overlapping) == 1 or overlapping in ({"trainval", "train"}, {"trainval", "val"}):
+        raise SystemExit(
+            f"error: --eval-split {args.eval_split} overlaps --train-split {args.train_split}; evaluation needs "
+            "held-out images (VOC2007 trainval -> test is the protocol)"
+        )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(args.device)
@@ -225,12 +229,10 @@ def run(args: argparse.Namespace) -> int:
     if not eval_images:
         raise SystemExit(f"error: no usable image in VOC2007 {args.eval_split}")
 
-    rescale_info = None
-    if args.rescale:  # Krähenbühl's between-layer correction on the trunk, before the head is added
-        from transfer.rescale import rescale_trunk
-
-        rescale_info = rescale_trunk(trunk, [im.path for im in usable], args.input_norm, seed=args.seed)
     model = FastRCNN(trunk, hidden=args.det_fc_dim, seed=args.seed)
+    rescale_info = None
+    if args.rescale:  # Krähenbühl's magic_init: within-layer init of fc6/fc7, between-layer correction conv1..fc7
+        rescale_info = rescale_fast_rcnn(model, [im.path for im in usable], args.input_norm, seed=args.seed)
     frozen = freeze_trunk(model, args.det_freeze_through)
     model.to(device)
     optimizer = torch.optim.SGD(parameter_groups(model, args.lr, 5e-4), lr=args.lr, momentum=0.9)

@@ -2,6 +2,9 @@
 
 ``paper``: Krähenbühl et al.'s VOC2007 protocol as PAPER.md §6 and their ``voc-classification/src/train_cls.py``
 (80k iterations, batch 16, lr 0.001 halved every 10k, 227-px crops, scale 0.5-2.0, 10 random test crops).
+``cpu``: the same protocol sized for 2 CPU cores on the demo dataset, where the harness learns (128-px crops, fc6/fc7
+1024 wide, 800 iterations with one lr halving, bf16, Krähenbühl's rescaling; the reasons and measurements are in
+docs/protocols/cpu-preset.md).
 ``smoke``: the same code at CPU scale for the fixture tree (a few iterations, small crops); numbers are meaningless.
 """
 
@@ -11,6 +14,7 @@ from typing import Any
 
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {
+        "rescale": False,
         "iterations": 80000,
         "lr": 0.001,
         "batch_size": 16,
@@ -23,7 +27,22 @@ PRESETS: dict[str, dict[str, Any]] = {
         "rescale_batches": 10,
         "cls_save_model": True,
     },
+    "cpu": {
+        "iterations": 800,
+        "lr": 0.001,
+        "batch_size": 16,
+        "workers": 1,
+        "precision": "bf16",
+        "cls_lr_step": 600,
+        "cls_crop_size": 128,
+        "cls_eval_crops": 10,
+        "cls_fc_width": 1024,
+        "rescale": True,
+        "rescale_batches": 4,
+        "cls_save_model": False,
+    },
     "smoke": {
+        "rescale": False,
         "iterations": 6,
         "lr": 0.001,
         "batch_size": 4,

@@ -1,7 +1,9 @@
 """Presets of ``bench pretrain``. Keys are ``PretrainConfig`` fields (= argparse destinations).
 
 ``paper`` is the AlexNet context encoder of the feature-learning experiments (PAPER.md §1, §3; sources below and in
-docs/protocols/pretraining.md). ``smoke`` runs the same code with CPU-scale numbers (under 2 minutes on 2 cores).
+docs/protocols/pretraining.md). ``cpu`` is the same code sized for 2 CPU cores on the demo dataset
+(128-px crops, bf16, a higher Adam lr for a run of thousands rather than 100k iterations; reasons and measurements
+in docs/protocols/cpu-preset.md). ``smoke`` runs the same code with toy numbers (under 2 minutes on 2 cores).
 A method can replace some of these values through its ``preset_overrides`` (e.g. the 128-px inpainting network);
 any flag given on the command line wins over both.
 """
@@ -29,6 +31,20 @@ PRESETS: dict[str, dict[str, Any]] = {
         "sample_every": 1000,
         "checkpoint_every": 5000,
         "keep_checkpoints": 3,
+    },
+    "cpu": {
+        "mask": "random-region",
+        "crop_size": 128,
+        "resize_short": 144,
+        "iterations": 3000,
+        "batch_size": 16,
+        "lr": 1e-3,
+        "precision": "bf16",
+        "workers": 1,
+        "log_every": 20,
+        "sample_every": 500,
+        "checkpoint_every": 500,
+        "keep_checkpoints": 2,
     },
     "smoke": {
         "mask": "random-region",

@@ -1,8 +1,9 @@
 """Presets of ``bench transfer --task svm`` (frozen-feature VOC2007 linear SVM probes, Goyal et al. 2019).
 
 ``paper``: the versioned protocol ``voc07-svm`` as documented in transfer/svm_probe.py (227-px centre crops, the
-full cost grid, all six layers). ``smoke``: the same code on the fixture tree with small images, a 2-value
-cost grid and two layers.
+full cost grid, all six layers). ``cpu``: the full cost grid and six layers on the demo dataset, at 128 px (its
+images are 200x150). ``smoke``: the same code on the fixture tree with small images, a 2-value cost grid and two
+layers.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Any
 
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {
+        "rescale": False,
         "batch_size": 64,
         "workers": 4,
         "precision": "fp32",
@@ -18,7 +20,17 @@ PRESETS: dict[str, dict[str, Any]] = {
         "svm_costs": "paper",
         "svm_layers": "conv1,conv2,conv3,conv4,conv5,pool5",
     },
+    "cpu": {
+        "rescale": False,
+        "batch_size": 32,
+        "workers": 1,
+        "precision": "bf16",
+        "svm_image_size": 128,
+        "svm_costs": "paper",
+        "svm_layers": "conv1,conv2,conv3,conv4,conv5,pool5",
+    },
     "smoke": {
+        "rescale": False,
         "batch_size": 8,
         "workers": 0,
         "precision": "fp32",

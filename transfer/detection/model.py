@@ -111,3 +111,17 @@ def parameter_groups(model: nn.Module, lr: float, weight_decay: float) -> list[d
         {"params": weights, "lr": lr, "weight_decay": weight_decay, "lr_mult": 1.0},
         {"params": biases, "lr": 2.0 * lr, "weight_decay": 0.0, "lr_mult": 2.0},
     ]
+
+
+def rescale_fast_rcnn(model: FastRCNN, image_paths: list, norm: str, seed: int = 0) -> dict[str, object]:
+    """``--rescale`` for Fast R-CNN: Krähenbühl's magic_init on the trunk and the re-initialised fc6/fc7.
+
+    fc6 and fc7 get the within-layer data-dependent init, then the between-layer correction rescales conv1..fc7,
+    measured on whole 227-px training views with pool5 (3x3 max pooling, stride 2: 6x6 at 227 px) standing in for
+    RoI pooling, which is what Krähenbühl et al. did before handing the network to Fast R-CNN. cls_score and
+    bbox_pred keep Fast R-CNN's fillers."""
+    from transfer.rescale import rescale_trunk
+
+    fc6, fc7 = (m for m in model.head if isinstance(m, nn.Linear))
+    head = [nn.MaxPool2d(3, 2), fc6, nn.ReLU(), fc7]
+    return rescale_trunk(model.features, image_paths, norm, seed=seed, head=head, head_names=["fc6", "fc7"])

@@ -260,3 +260,14 @@ def build_fcn(
         learn_upsampling=learn_upsampling,
         generator=gen,
     )
+
+
+def rescale_fcn(model: FCN, image_paths: list, norm: str, seed: int = 0) -> dict[str, object]:
+    """``--rescale`` for FCN: Krähenbühl's magic_init on the network as it runs (conv1 padded by 100, ceil-mode
+    pooling) up to fc7: fc6 and fc7 get the within-layer data-dependent init, then the between-layer correction
+    rescales conv1..fc7 on 227-px training views. The zero-initialised score layers are left as they are (a zero
+    layer has no scale to correct)."""
+    from transfer.rescale import rescale_trunk
+
+    head = [model.fc6, nn.ReLU(), model.fc7]
+    return rescale_trunk(model.features, image_paths, norm, seed=seed, head=head, head_names=["fc6", "fc7"])

@@ -24,7 +24,7 @@ from transfer.input_norm import resolve_input_norm
 from transfer.records import make_record
 from transfer.segmentation.data import SegmentationDataset, build_train_items, check_items, voc_items
 from transfer.segmentation.evaluate import evaluate_fcn
-from transfer.segmentation.model import build_fcn
+from transfer.segmentation.model import build_fcn, rescale_fcn
 from transfer.segmentation.train import train_fcn
 from transfer.segmentation_iou import per_class_iou, segmentation_scores
 from transfer.voc import SEG_CLASSES
@@ -61,7 +61,7 @@ class SegmentationConfig:
     workers: int = 4
     seed: int = 0
     skip_bad: bool = False
-    rescale: bool = False  # Krähenbühl between-layer correction of the trunk on training images
+    rescale: bool = False  # Krähenbühl's magic_init on the trunk and fc6/fc7, on training images
     save_predictions: bool = False
     save_model: bool = False
     fcn_weights: str | None = None
@@ -140,13 +140,6 @@ def run_segmentation(cfg: SegmentationConfig, ctx: DistributedContext) -> dict[s
     # model: transferred trunk + re-initialised FCN head (same seed on every rank)
     trunk, winfo = load_alexnet_trunk(cfg.weights, seed=cfg.seed)
     cfg = replace(cfg, input_norm=resolve_input_norm(cfg.input_norm, winfo.kind))
-    rescale_info = None
-    if cfg.rescale:  # deterministic (same images and seed on every rank), before the FCN head is added
-        if not train_items:
-            raise SegmentationError("--rescale needs training images (it is computed on the training split)")
-        from transfer.rescale import rescale_trunk
-
-        rescale_info = rescale_trunk(trunk, [i.image for i in train_items], cfg.input_norm, seed=cfg.seed)
     model = build_fcn(
         trunk,
         variant=cfg.variant,  # type: ignore[arg-type]
@@ -155,6 +148,11 @@ def run_segmentation(cfg: SegmentationConfig, ctx: DistributedContext) -> dict[s
         learn_upsampling=cfg.learn_upsampling,
         seed=cfg.seed,
     )
+    rescale_info = None
+    if cfg.rescale:  # deterministic: the same images and seed on every rank
+        if not train_items:
+            raise SegmentationError("--rescale needs training images (it is computed on the training split)")
+        rescale_info = rescale_fcn(model, [i.image for i in train_items], cfg.input_norm, seed=cfg.seed)
     weights = winfo.to_dict()
     if rescale_info is not None:
         weights["rescale"] = rescale_info
