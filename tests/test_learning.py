@@ -201,12 +201,11 @@ def test_fast_rcnn_fits_its_training_set(fit_tree: Path, tmp_path: Path) -> None
     assert train_map >= 50.0
 
 
-@pytest.mark.parametrize(
-    "variant", ["32s", pytest.param("16s", marks=pytest.mark.slow), pytest.param("8s", marks=pytest.mark.slow)]
-)
+@pytest.mark.slow  # about 3 minutes per variant on 2 cores
+@pytest.mark.parametrize("variant", ["32s", "16s", "8s"])
 def test_fcn_fits_its_training_set(fit_tree: Path, variant: str) -> None:
-    miou, present = _fit_fcn(fit_tree, variant, iterations=400, lr=0.01)
-    print(f"\n[learning] FCN-{variant}, 24 train images, 400 it: train mIoU {miou:.1f} over {present} classes present")
+    miou, present = _fit_fcn(fit_tree, variant, iterations=600, lr=0.02)
+    print(f"\n[learning] FCN-{variant}, 24 train images, 600 it: train mIoU {miou:.1f} over {present} classes present")
     assert miou >= 50.0
 
 
@@ -262,7 +261,7 @@ def test_context_encoder_beats_mean_fill_on_held_out_images(tmp_path: Path) -> N
     held_dir = make_scene_folder(tmp_path / "held", 16, size=(160, 128), seed=2)
     cfg = PretrainConfig(
         data=str(train_dir), out=str(tmp_path / "run"), crop_size=128, resize_short=128, batch_size=16, lr=1e-3,
-        precision="bf16", iterations=150, seed=0,
+        precision="bf16", iterations=500, seed=0,
     )  # fmt: skip
     method = METHODS["context-encoder"](cfg, CPU)
     train_set = UnlabeledImageDataset(find_images(train_dir), 128, 128)
@@ -280,7 +279,7 @@ def test_context_encoder_beats_mean_fill_on_held_out_images(tmp_path: Path) -> N
                 break
     after = masked_region_errors(method, [held], seed=5)
     print(
-        f"\n[learning] context encoder, 150 it at 128 px: held-out masked L2 {after['l2_network']:.4f} "
+        f"\n[learning] context encoder, 500 it at 128 px: held-out masked L2 {after['l2_network']:.4f} "
         f"(initialisation {before['l2_network']:.4f}), mean fill {after['l2_mean_fill']:.4f}"
     )
     assert before["l2_network"] > before["l2_mean_fill"]
