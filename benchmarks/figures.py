@@ -213,6 +213,10 @@ def sample_grid_figure(run_dir: Path) -> Any | None:
     return fig
 
 
+def _or_nan(value: float | None) -> float:
+    return math.nan if value is None else value
+
+
 def plot_table2(record_paths: list[str | Path], out: str | Path) -> list[Path]:
     """``table2_<preset>.png`` per preset of the records (``table2_figures``)."""
     return [_save(fig, Path(out) / f"table2_{stem}.png") for stem, fig in table2_figures(record_paths)]
@@ -243,7 +247,7 @@ def table2_figures(record_paths: list[str | Path]) -> list[tuple[str, Any]]:
             methods = sorted(cells[col], key=method_sort_key)
             means = [cells[col][m].mean for m in methods]
             # one seed has no spread: no error bar (NaN draws none) rather than a bar of zero length
-            stds = [cells[col][m].std if cells[col][m].std is not None else math.nan for m in methods]
+            stds = [_or_nan(cells[col][m].std) for m in methods]
             colours = [f"C{i}" for i in range(len(methods))]
             bars = ax.bar(range(len(methods)), means, yerr=stds, capsize=4, color=colours)
             for bar, m, std in zip(bars, methods, stds):
