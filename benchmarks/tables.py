@@ -67,12 +67,12 @@ INPAINT_TASK = "inpaint"
 #: record ``config`` keys that change what a protocol's primary metric measures; records that differ in them never
 #: share a cell (svm: the layer whose mAP is the primary metric)
 VARIANT_KEYS = ("primary_layer",)
-#: the bold rule, as the footnotes state it
+#: the bold rule, as the footnotes state it (``{line}``: "column", or "class" in the per-class tables)
 BOLD_RULE = (
-    "bold: the best measured mean of a column, only where it is ahead of the runner-up by more than the spread of "
+    "bold: the best measured mean of a {line}, only where it is ahead of the runner-up by more than the spread of "
     "both (best - its spread > runner-up + its spread, reversed where lower is better); ties, single-seed cells "
-    "(unknown spread; cells of deterministic evaluations without a seed have none) and columns of one method are "
-    "never bold"
+    "(unknown spread; cells of deterministic evaluations without a seed have none) and {line}s with one measured "
+    "method are never bold"
 )
 #: metric name parts (split at "_") whose values are percentages, so must lie in [0, 100]
 PERCENT_METRIC_PARTS = frozenset({"ap", "map", "iou", "miou", "fwiou", "acc", "accuracy", "l1", "l2"})
@@ -558,7 +558,8 @@ def build_table2(
     rows = [(label, [entries[i] for i in order]) for label, entries in rows]
     footnotes = [footnotes_by_slot[i] for i in order]
     footnotes.append(
-        f"Measured cells: mean ± {_spread_name(ci)} over seeds, n = number of seeds; {BOLD_RULE}. Metrics in percent."
+        f"Measured cells: mean ± {_spread_name(ci)} over seeds, n = number of seeds; "
+        f"{BOLD_RULE.format(line='column')}. Metrics in percent."
     )
     if lead_se:
         footnotes.append(LEAD_RULE + ".")
@@ -667,8 +668,9 @@ def build_table1(
         rows.append((f"{rrow['label']} [reported]", entries))
     footnotes = [f"[{letters[i]}] {shown[c].describe()}" for i, c in enumerate(columns)]
     footnotes.append(
-        f"Measured cells: mean ± {_spread_name(ci)} over seeds, n = number of seeds; {BOLD_RULE} (best: lowest "
-        "L1/L2, highest PSNR). L1/L2 in percent of the [0,1] range, PSNR in dB."
+        f"Measured cells: mean ± {_spread_name(ci)} over seeds, n = number of seeds; "
+        f"{BOLD_RULE.format(line='column')} (best: lowest L1/L2, highest PSNR). L1/L2 in percent of the [0,1] "
+        "range, PSNR in dB."
     )
     if lead_se:
         footnotes.append(LEAD_RULE + ".")
@@ -802,7 +804,7 @@ def build_per_class_tables(
                 footnotes=[
                     f"{named.describe()}. Cells: mean over seeds (n per method in the header; a cell with fewer seeds "
                     f"shows its own n); 'mean' is the mean of the class means, its spread that of the per-seed class "
-                    f"means; {BOLD_RULE} (spread: {_spread_name(ci)})."
+                    f"means; {BOLD_RULE.format(line='class')} (spread: {_spread_name(ci)})."
                 ],
                 csv_rows=csv_rows,
             )
