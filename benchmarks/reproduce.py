@@ -228,6 +228,8 @@ def build_cells(opts: SweepOptions) -> list[dict[str, Any]]:
             )
     work = [c["id"] for c in cells]
     table_argv = ["table", str(out / "records"), "--out", str(out / "tables"), "--quiet"]
+    if not any(c["makes_record"] for c in cells):  # a sweep of pretraining only: no record to find is no error
+        table_argv.append("--allow-empty")
     cells.append(_cell("report/table", "table", table_argv + extra.get("table", []), out / "tables", work, False))
     plot_argv = ["plot", "--runs", str(out / "runs"), "--records", str(out / "records"), "--out", str(out / "figures")]
     cells.append(_cell("report/plot", "plot", plot_argv + extra.get("plot", []), out / "figures", work, False))

@@ -11,14 +11,21 @@ Honesty rules (issue 8):
 * a cell is the mean ± sample standard deviation (ddof=1) over seeds with ``n`` shown, or the mean ± the half-width
   of a two-sided 95% Student-t confidence interval with ``ci=True``; several records for the same method, column and
   seed are not averaged: the one that ended last is used and the others are named on stderr;
-* the best measured mean of each column is bold (ties at the printed precision are all bold); reported numbers are
-  never bold and are labelled "[reported]";
-* an invalid record (``read_record`` raises ``RecordError``) is named on stderr and left out.
+* the best measured mean of a column is bold only when it is ahead of the runner-up by more than both their spreads
+  (``BOLD_RULE``); ties, single-seed cells and columns of one method are never bold; reported numbers are never bold
+  and are labelled "[reported]";
+* run records are recognised by their ``schema`` marker, so a whole tree of run folders can be given: other JSON
+  files (``config.json``, ``summary.json``, ``plan.json``...) are passed over, byte-identical copies of a record
+  count once;
+* an invalid record (``read_record`` raises ``RecordError``, or a metric outside its possible range) is named on
+  stderr and left out;
+* evaluation sets are named by their name, never by the absolute path of the user's folder (``dataset_names``).
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -31,7 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from transfer.records import RecordError, find_records, read_record
+from transfer.records import RECORD_SCHEMA, RecordError, find_records, read_record
+from transfer.voc import SEG_CLASSES
 
 REPORTED_PATH = Path(__file__).resolve().parent.parent / "results" / "reported.json"
 REPORTED_FORMAT_VERSION = 1
@@ -59,6 +67,20 @@ INPAINT_TASK = "inpaint"
 #: record ``config`` keys that change what a protocol's primary metric measures; records that differ in them never
 #: share a cell (svm: the layer whose mAP is the primary metric)
 VARIANT_KEYS = ("primary_layer",)
+#: the bold rule, as the footnotes state it (``{line}``: "column", or "class" in the per-class tables)
+BOLD_RULE = (
+    "bold: the best measured mean of a {line}, only where it is ahead of the runner-up by more than the spread of "
+    "both (best - its spread > runner-up + its spread, reversed where lower is better); ties, single-seed cells "
+    "(unknown spread; cells of deterministic evaluations without a seed have none) and {line}s with one measured "
+    "method are never bold"
+)
+#: metric name parts (split at "_") whose values are percentages, so must lie in [0, 100]
+PERCENT_METRIC_PARTS = frozenset({"ap", "map", "iou", "miou", "fwiou", "acc", "accuracy", "l1", "l2"})
+#: the lead marker of ``lead_se`` and what it means
+LEAD_MARK = "†"
+LEAD_RULE = (
+    f"{LEAD_MARK}: the best row is ahead of the next by more than their combined standard error sqrt(sd1²/n1 + sd2²/n2)"
+)
 
 
 @dataclass(frozen=True, order=True)
@@ -91,6 +113,7 @@ class Column:
         )
 
     def describe(self) -> str:
+        """The column's footnote text (give it the column of ``display_columns`` to name folders by name)."""
         preset = f", preset {self.preset}" if self.preset else ""
         preset += f", {self.variant}" if self.variant else ""
         train = f"{self.train_split} -> " if self.train_split else ""
@@ -102,21 +125,75 @@ class Column:
 
 @dataclass
 class LoadedRecords:
-    """Valid records (with their file names) and the files that were left out, with the reason."""
+    """Valid records (with their file names), the files left out with the reason, the JSON files that are not run
+    records (passed over) and the byte-identical copies of a record that were counted once (copy, kept file)."""
 
     records: list[tuple[Path, dict[str, Any]]] = field(default_factory=list)
     invalid: list[tuple[Path, str]] = field(default_factory=list)
     duplicates: list[str] = field(default_factory=list)
+    passed_over: list[Path] = field(default_factory=list)
+    copies: list[tuple[Path, Path]] = field(default_factory=list)
+
+
+def metric_range_errors(record: dict[str, Any]) -> list[str]:
+    """Values no correct run can produce: percentages (AP, IoU, accuracy, L1/L2 error) outside [0, 100] and a
+    negative PSNR (images in [0, 1] have a mean squared error of at most 1)."""
+    errors = []
+    values = [(name, name, v) for name, v in record["metrics"].items()]
+    values += [
+        (name, f"{name}[{cls!r}]", v) for name, by_class in record["per_class"].items() for cls, v in by_class.items()
+    ]
+    for name, where, value in values:
+        parts = set(name.lower().split("_"))
+        if parts & PERCENT_METRIC_PARTS and not 0.0 <= value <= 100.0:
+            errors.append(f"{where} is {value}, outside [0, 100] (values are stored in percent)")
+        elif "psnr" in parts and value < 0.0:
+            errors.append(f"{where} is {value} dB, below 0 (images in [0, 1] cannot give a negative PSNR)")
+    return errors
+
+
+def _is_run_record(data: Any) -> bool:
+    return isinstance(data, dict) and data.get("schema") == RECORD_SCHEMA
 
 
 def load_records(paths: Sequence[str | Path]) -> LoadedRecords:
-    """Read every ``*.json`` under ``paths``; invalid ones are kept aside with the ``RecordError`` message."""
+    """Read the run records under ``paths`` (folders searched recursively for ``*.json``, or files).
+
+    A JSON file found in a folder is a run record when it carries the record schema marker; other JSON files of run
+    folders (``config.json``, ``summary.json``, ``plan.json``...) are passed over. A file given by name must be a
+    record. Unreadable JSON (e.g. a record truncated by a crash) and records that fail the schema or hold values
+    outside their possible range are kept aside with the reason; a byte-identical copy of a record (``bench
+    reproduce`` keeps one in the run folder and one in ``records/``) counts once."""
     out = LoadedRecords()
+    named_files = {Path(p) for p in paths if Path(p).is_file()}
+    seen: dict[str, Path] = {}
     for path in find_records(list(paths)):
         try:
-            out.records.append((path, read_record(path)))
+            data = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            out.invalid.append((path, f"{path}: cannot read as JSON ({exc})"))
+            continue
+        if not _is_run_record(data):
+            if path in named_files:
+                out.invalid.append((path, f'{path}: not a run record (no "schema": "{RECORD_SCHEMA}")'))
+            else:
+                out.passed_over.append(path)
+            continue
+        try:
+            record = read_record(path)
         except RecordError as exc:
             out.invalid.append((path, str(exc)))
+            continue
+        errors = metric_range_errors(record)
+        if errors:
+            out.invalid.append((path, f"{path}: " + "; ".join(errors)))
+            continue
+        identity = json.dumps(record, sort_keys=True)
+        if identity in seen:
+            out.copies.append((path, seen[identity]))
+            continue
+        seen[identity] = path
+        out.records.append((path, record))
     return out
 
 
@@ -162,6 +239,40 @@ def column_of(record: dict[str, Any], metric: str) -> Column:
     )
 
 
+def _path_parts(text: str) -> tuple[str, ...]:
+    """The components of a folder path without its root or drive; a plain name is one component."""
+    if "/" not in text and "\\" not in text:
+        return (text,)
+    parts = tuple(p for p in re.split(r"[/\\]+", text) if p and not p.endswith(":"))
+    return parts or (text,)
+
+
+def dataset_names(texts: Iterable[str]) -> dict[str, str]:
+    """How tables name evaluation sets: a recorded name (``VOC2007``) as it is; a folder path (``bench inpaint-eval
+    --images`` records it) by its last component, or by the fewest trailing components that tell it apart from the
+    other folders, never by the absolute path of the user's folder."""
+    unique = sorted(set(texts))
+    parts = {t: _path_parts(t) for t in unique}
+    names: dict[str, str] = {}
+    for text in unique:
+        mine = parts[text]
+        name = text
+        for k in range(1, len(mine) + 1):
+            name = "/".join(mine[-k:])
+            if not any(o != text and "/".join(parts[o][-k:]) == name for o in unique):
+                break
+        names[text] = name
+    return names
+
+
+def display_columns(columns: Iterable[Column]) -> dict[Column, Column]:
+    """Each column with its dataset and evaluation split named for display (``dataset_names``); the columns
+    themselves keep the recorded strings, so records of two folders with one name never share a cell."""
+    columns = list(columns)
+    names = dataset_names([c.dataset for c in columns] + [c.eval_split for c in columns])
+    return {c: dataclasses.replace(c, dataset=names[c.dataset], eval_split=names[c.eval_split]) for c in columns}
+
+
 # ---------------------------------------------------------------------------------------------------------- cells
 @dataclass(frozen=True)
 class Cell:
@@ -193,6 +304,23 @@ class Cell:
 
     def spread(self, ci: bool) -> float | None:
         return self.ci95 if ci else self.std
+
+    @property
+    def deterministic(self) -> bool:
+        """One record without a seed: an evaluation with nothing random in it (e.g. a classical inpainting fill)."""
+        return self.n == 1 and self.seeds == (None,)
+
+    def rule_spread(self, ci: bool) -> float | None:
+        """The spread the bold rule compares: the shown one; 0 for a deterministic evaluation; None (unknown) for a
+        single seeded run."""
+        return 0.0 if self.deterministic else self.spread(ci)
+
+    @property
+    def standard_error(self) -> float | None:
+        """Standard error of the mean (sd / sqrt(n)); 0 for a deterministic evaluation, None for one seeded run."""
+        if self.deterministic:
+            return 0.0
+        return None if self.std is None else self.std / math.sqrt(self.n)
 
 
 def _fmt(x: float, decimals: int = DECIMALS) -> str:
@@ -243,6 +371,9 @@ class TableEntry:
     n: int = 0
     bold: bool = False
     reported: bool = False
+    rule_spread: float | None = None  # the spread the bold rule compares (Cell.rule_spread)
+    standard_error: float | None = None
+    lead: bool = False  # ahead of the next row by more than the combined standard error (``lead_se``)
 
 
 @dataclass
@@ -256,6 +387,12 @@ class Table:
     rows: list[tuple[str, list[TableEntry]]]
     footnotes: list[str]
     csv_rows: list[dict[str, Any]]
+    #: the LaTeX caption: the title without the paper's "Table N:", which LaTeX would print a second time
+    caption: str = ""
+
+    @property
+    def latex_caption(self) -> str:
+        return self.caption or self.title
 
 
 def _cell_entry(cell: Cell, ci: bool, decimals: int = DECIMALS) -> TableEntry:
@@ -264,17 +401,34 @@ def _cell_entry(cell: Cell, ci: bool, decimals: int = DECIMALS) -> TableEntry:
     if spread is not None:
         text += f" ± {_fmt(spread, decimals)}"
     text += f" (n={cell.n})"
-    return TableEntry(text=text, mean=cell.mean, spread=spread, n=cell.n)
+    return TableEntry(
+        text=text,
+        mean=cell.mean,
+        spread=spread,
+        n=cell.n,
+        rule_spread=cell.rule_spread(ci),
+        standard_error=cell.standard_error,
+    )
 
 
-def _mark_best(entries: list[TableEntry], higher: bool, decimals: int = DECIMALS) -> None:
+def _mark_best(entries: list[TableEntry], higher: bool, decimals: int = DECIMALS, lead_se: bool = False) -> None:
+    """Bold the best measured entry where ``BOLD_RULE`` holds; with ``lead_se`` also mark it (``LEAD_MARK``) where it
+    is ahead of the next by more than their combined standard error."""
     measured = [e for e in entries if e.mean is not None and not e.reported]
-    if not measured:
+    if len(measured) < 2:  # nothing to be ahead of
         return
-    rounded = [float(_fmt(e.mean, decimals)) for e in measured if e.mean is not None]
-    best = max(rounded) if higher else min(rounded)
-    for e, r in zip(measured, rounded):
-        e.bold = r == best
+    ranked = sorted(measured, key=lambda e: e.mean if e.mean is not None else 0.0, reverse=higher)
+    best, runner_up = ranked[0], ranked[1]
+    assert best.mean is not None and runner_up.mean is not None
+    if _fmt(best.mean, decimals) == _fmt(runner_up.mean, decimals):  # a tie as printed
+        return
+    lead = abs(best.mean - runner_up.mean)
+    if best.rule_spread is not None and runner_up.rule_spread is not None:
+        best.bold = lead > best.rule_spread + runner_up.rule_spread
+    if lead_se and best.standard_error is not None and runner_up.standard_error is not None:
+        best.lead = lead > math.hypot(best.standard_error, runner_up.standard_error)
+        if best.lead:
+            best.text += f" {LEAD_MARK}"
 
 
 def _letters(i: int) -> str:
@@ -323,11 +477,12 @@ def build_table2(
     *,
     ci: bool = False,
     duplicates: list[str] | None = None,
+    lead_se: bool = False,
 ) -> Table:
     """The paper's Table 2: one row per pretraining method, one column per transfer task/protocol/split/metric."""
-    transfer = [(p, r) for p, r in records if r["task"] != INPAINT_TASK]
-    cells = group_cells(transfer, lambda r: [(r["primary_metric"], r["metrics"][r["primary_metric"]])], duplicates)
+    cells = table2_cells(records, duplicates)
     columns = sorted(cells, key=Column.sort_key)
+    shown = display_columns(columns)
     rep_cols: dict[str, Any] = (reported or {}).get("table2", {}).get("columns", {})
     rep_rows: list[dict[str, Any]] = (reported or {}).get("table2", {}).get("rows", [])
 
@@ -351,7 +506,7 @@ def build_table2(
     for i, (_, slot) in enumerate(slots):
         if isinstance(slot, Column):
             headers_by_slot.append(f"{slot.task} {slot.metric} [{letters[i]}]")
-            footnotes_by_slot.append(f"[{letters[i]}] {slot.describe()}")
+            footnotes_by_slot.append(f"[{letters[i]}] {shown[slot].describe()}")
         else:
             spec = rep_cols[slot]
             headers_by_slot.append(f"{slot} {spec['metric']} [{letters[i]}]")
@@ -370,11 +525,11 @@ def build_table2(
             cell = cells[col].get(m)
             entries.append(_cell_entry(cell, ci) if cell else TableEntry(text="–"))
             if cell:
-                csv_rows.append(_csv_row("table2", "measured", m, col, cell))
+                csv_rows.append(_csv_row("table2", "measured", m, shown[col], cell))
         entries += [TableEntry(text="–") for _ in extra_rep]
         rows.append((method_label(m), entries))
     for j, col in enumerate(columns):
-        _mark_best([r[1][j] for r in rows], higher_is_better(col.metric))
+        _mark_best([r[1][j] for r in rows], higher_is_better(col.metric), lead_se=lead_se)
 
     for rrow in rep_rows:
         entries = [TableEntry(text="–", reported=True) for _ in slots]
@@ -403,9 +558,11 @@ def build_table2(
     rows = [(label, [entries[i] for i in order]) for label, entries in rows]
     footnotes = [footnotes_by_slot[i] for i in order]
     footnotes.append(
-        f"Measured cells: mean ± {_spread_name(ci)} over seeds, n = number of seeds; best measured mean per column "
-        "in bold. Metrics in percent."
+        f"Measured cells: mean ± {_spread_name(ci)} over seeds, n = number of seeds; "
+        f"{BOLD_RULE.format(line='column')}. Metrics in percent."
     )
+    if lead_se:
+        footnotes.append(LEAD_RULE + ".")
     if rep_rows:
         footnotes.append(
             "[reported] rows are the numbers printed in the paper "
@@ -426,7 +583,17 @@ def build_table2(
             method_sort_key(r["method"]),
         )
     )
-    return Table("table2", "Table 2: transfer to PASCAL VOC", "pretraining", headers, rows, footnotes, csv_rows)
+    title = "Table 2: transfer to PASCAL VOC"
+    caption = "Transfer to PASCAL VOC"
+    return Table("table2", title, "pretraining", headers, rows, footnotes, csv_rows, caption=caption)
+
+
+def table2_cells(
+    records: list[tuple[Path, dict[str, Any]]], duplicates: list[str] | None = None
+) -> dict[Column, dict[str, Cell]]:
+    """Table 2's cells: the primary metric of every transfer record, column -> method -> Cell."""
+    transfer = [(p, r) for p, r in records if r["task"] != INPAINT_TASK]
+    return group_cells(transfer, lambda r: [(r["primary_metric"], r["metrics"][r["primary_metric"]])], duplicates)
 
 
 def _inpaint_metric_kind(metric: str) -> str | None:
@@ -443,6 +610,7 @@ def build_table1(
     *,
     ci: bool = False,
     duplicates: list[str] | None = None,
+    lead_se: bool = False,
 ) -> Table:
     """The paper's Table 1: inpainting mean L1 / mean L2 (percent) and PSNR (dB), one column per metric."""
     inpaint = [(p, r) for p, r in records if r["task"] == INPAINT_TASK]
@@ -450,6 +618,7 @@ def build_table1(
         inpaint, lambda r: sorted((m, v) for m, v in r["metrics"].items() if _inpaint_metric_kind(m)), duplicates
     )
     columns = sorted(cells, key=Column.sort_key)
+    shown = display_columns(columns)
     letters = [_letters(i) for i in range(len(columns))]
     rep = (reported or {}).get("table1", {})
     rep_cols: dict[str, Any] = rep.get("columns", {})
@@ -473,11 +642,11 @@ def build_table1(
             cell = cells[col].get(m)
             entries.append(_cell_entry(cell, ci, TABLE1_DECIMALS) if cell else TableEntry(text="–"))
             if cell:
-                csv_rows.append(_csv_row("table1", "measured", m, col, cell))
+                csv_rows.append(_csv_row("table1", "measured", m, shown[col], cell))
         entries += [TableEntry(text="–") for _ in extra_rep]
         rows.append((method_label(m), entries))
     for j, col in enumerate(columns):
-        _mark_best([r[1][j] for r in rows], higher_is_better(col.metric), TABLE1_DECIMALS)
+        _mark_best([r[1][j] for r in rows], higher_is_better(col.metric), TABLE1_DECIMALS, lead_se=lead_se)
     for rrow in rep.get("rows", []):
         entries = [TableEntry(text="–", reported=True) for _ in headers]
         for key, value in sorted(rrow["values"].items()):
@@ -497,11 +666,14 @@ def build_table1(
                 }
             )
         rows.append((f"{rrow['label']} [reported]", entries))
-    footnotes = [f"[{letters[i]}] {c.describe()}" for i, c in enumerate(columns)]
+    footnotes = [f"[{letters[i]}] {shown[c].describe()}" for i, c in enumerate(columns)]
     footnotes.append(
-        f"Measured cells: mean ± {_spread_name(ci)} over seeds, n = number of seeds; best measured mean per column in "
-        "bold (lowest L1/L2, highest PSNR). L1/L2 in percent of the [0,1] range, PSNR in dB."
+        f"Measured cells: mean ± {_spread_name(ci)} over seeds, n = number of seeds; "
+        f"{BOLD_RULE.format(line='column')} (best: lowest L1/L2, highest PSNR). L1/L2 in percent of the [0,1] "
+        "range, PSNR in dB."
     )
+    if lead_se:
+        footnotes.append(LEAD_RULE + ".")
     if rep.get("rows"):
         footnotes.append(
             f"[reported] rows: the paper's Table 1 on {rep.get('dataset')} ({rep.get('eval_split')}); placed in one "
@@ -509,7 +681,8 @@ def build_table1(
             "this code, never bold."
         )
     csv_rows.sort(key=lambda r: (r["source"], str(r["protocol_id"]), str(r["metric"]), method_sort_key(r["method"])))
-    return Table("table1", "Table 1: semantic inpainting", "method", headers, rows, footnotes, csv_rows)
+    title, caption = "Table 1: semantic inpainting", "Semantic inpainting"
+    return Table("table1", title, "method", headers, rows, footnotes, csv_rows, caption=caption)
 
 
 def per_class_metrics(record: dict[str, Any], all_metrics: bool = False) -> list[str]:
@@ -529,8 +702,41 @@ def per_class_metrics(record: dict[str, Any], all_metrics: bool = False) -> list
     return names
 
 
+def class_order(classes: Iterable[str]) -> list[str]:
+    """Classes in the order of the VOC devkit with background first (as segmentation numbers them), then any other
+    class names in the order given."""
+    classes = list(dict.fromkeys(classes))
+    known = [c for c in SEG_CLASSES if c in classes]
+    return known + [c for c in classes if c not in SEG_CLASSES]
+
+
+def _class_mean_entry(by_class: dict[str, dict[str, Cell]], classes: list[str], method: str, ci: bool) -> TableEntry:
+    """The 'mean' row of a per-class table: the mean of the class means, with the spread over seeds of the per-seed
+    class means (seeds that have every class), so the bold rule can compare it like any cell."""
+    cells = [by_class[c][method] for c in classes if method in by_class[c]]
+    mean = math.fsum(c.mean for c in cells) / len(cells)
+    common = set(cells[0].seeds).intersection(*(c.seeds for c in cells[1:]))
+    per_seed = [
+        math.fsum(c.values[c.seeds.index(s)] for c in cells) / len(cells)
+        for s in sorted(common, key=lambda s: (s is None, s or 0))
+    ]
+    seeds = sorted(common, key=lambda s: (s is None, s or 0))
+    summary = Cell(values=tuple(per_seed), seeds=tuple(seeds)) if per_seed else None
+    return TableEntry(
+        text=_fmt(mean),
+        mean=mean,
+        n=summary.n if summary else 0,
+        rule_spread=summary.rule_spread(ci) if summary else None,
+        standard_error=summary.standard_error if summary else None,
+    )
+
+
 def build_per_class_tables(
-    records: list[tuple[Path, dict[str, Any]]], *, duplicates: list[str] | None = None, all_metrics: bool = False
+    records: list[tuple[Path, dict[str, Any]]],
+    *,
+    duplicates: list[str] | None = None,
+    all_metrics: bool = False,
+    ci: bool = False,
 ) -> list[Table]:
     """One table per (column, per-class metric): rows = classes (+ mean), columns = methods, mean over seeds."""
     cells = group_cells(
@@ -540,44 +746,42 @@ def build_per_class_tables(
     )
     # regroup: (column without class, per-class metric) -> class -> method -> Cell
     groups: dict[tuple[Column, str], dict[str, dict[str, Cell]]] = defaultdict(dict)
-    class_order: dict[tuple[Column, str], list[str]] = defaultdict(list)
+    seen_classes: dict[tuple[Column, str], list[str]] = defaultdict(list)
     for col, by_method in cells.items():
         metric, cls = col.metric.split("/", 1)
         base = Column(**{**col.__dict__, "metric": metric})
         groups[(base, metric)][cls] = by_method
-    for path_rec in records:  # class order as the records list them (VOC order), first record wins
+    for path_rec in records:  # unknown class names in the order the records list them, first record wins
         rec = path_rec[1]
         for metric in per_class_metrics(rec, all_metrics):
             vals = rec["per_class"][metric]
             key = (column_of(rec, metric), metric)
             for cls in vals:
-                if cls not in class_order[key]:
-                    class_order[key].append(cls)
+                if cls not in seen_classes[key]:
+                    seen_classes[key].append(cls)
+    shown = display_columns(base for base, _ in groups)
     tables = []
-    for i, (base, metric) in enumerate(sorted(groups, key=lambda k: (k[0].sort_key(), k[1]))):
+    for base, metric in sorted(groups, key=lambda k: (k[0].sort_key(), k[1])):
         by_class = groups[(base, metric)]
+        named = shown[base]
         methods = sorted({m for d in by_class.values() for m in d}, key=method_sort_key)
-        ns = {m: max(by_class[c][m].n for c in by_class if m in by_class[c]) for m in methods}
+        # n of a method: the seeds of its records in this table (a class may lack some of them)
+        ns = {m: len({s for c in by_class.values() if m in c for s in c[m].seeds}) for m in methods}
         headers = [f"{method_label(m)} (n={ns[m]})" for m in methods]
         rows: list[tuple[str, list[TableEntry]]] = []
         csv_rows: list[dict[str, Any]] = []
         higher = higher_is_better(metric)
-        classes = [c for c in class_order[(base, metric)] if c in by_class]
+        classes = [c for c in class_order(seen_classes[(base, metric)]) if c in by_class]
         for cls in classes:
             entries = []
             for m in methods:
                 cell = by_class[cls].get(m)
-                entries.append(
-                    TableEntry(text=_fmt(cell.mean), mean=cell.mean, n=cell.n) if cell else TableEntry(text="–")
-                )
+                entries.append(_per_class_entry(cell, ns[m], ci) if cell else TableEntry(text="–"))
                 if cell:
-                    csv_rows.append({**_csv_row("per_class", "measured", m, base, cell), "class": cls})
+                    csv_rows.append({**_csv_row("per_class", "measured", m, named, cell), "class": cls})
             _mark_best(entries, higher)
             rows.append((cls, entries))
-        mean_entries = []
-        for m in methods:
-            vals = [by_class[c][m].mean for c in classes if m in by_class[c]]
-            mean_entries.append(TableEntry(text=_fmt(math.fsum(vals) / len(vals)), mean=math.fsum(vals) / len(vals)))
+        mean_entries = [_class_mean_entry(by_class, classes, m, ci) for m in methods]
         _mark_best(mean_entries, higher)
         rows.append(("mean", mean_entries))
         slug = (
@@ -585,7 +789,7 @@ def build_per_class_tables(
                 r"[^A-Za-z0-9]+",
                 "-",
                 f"{base.task}-{base.protocol_id}-v{base.protocol_version}-"
-                f"{base.preset}-{base.dataset}-{base.eval_split}-{metric}",
+                f"{named.preset}-{named.dataset}-{named.eval_split}-{metric}",
             )
             .strip("-")
             .lower()
@@ -593,19 +797,32 @@ def build_per_class_tables(
         tables.append(
             Table(
                 name=f"per_class_{slug}",
-                title=f"Per-class {metric}: {base.task} ({base.dataset} {base.eval_split})",
+                title=f"Per-class {metric}: {base.task} ({named.dataset} {named.eval_split})",
                 row_header="class",
                 columns=headers,
                 rows=rows,
                 footnotes=[
-                    f"{base.describe()}. Cells: mean over seeds (n per method in the header); best per class in "
-                    "bold; 'mean' is the mean of the class means."
+                    f"{named.describe()}. Cells: mean over seeds (n per method in the header; a cell with fewer seeds "
+                    f"shows its own n); 'mean' is the mean of the class means, its spread that of the per-seed class "
+                    f"means; {BOLD_RULE.format(line='class')} (spread: {_spread_name(ci)})."
                 ],
                 csv_rows=csv_rows,
             )
         )
-        del i
     return tables
+
+
+def _per_class_entry(cell: Cell, header_n: int, ci: bool) -> TableEntry:
+    """A per-class cell: the mean (n in the column header), with its own n where it has fewer seeds."""
+    text = _fmt(cell.mean) + ("" if cell.n == header_n else f" (n={cell.n})")
+    return TableEntry(
+        text=text,
+        mean=cell.mean,
+        spread=cell.spread(ci),
+        n=cell.n,
+        rule_spread=cell.rule_spread(ci),
+        standard_error=cell.standard_error,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------- renderers
@@ -640,11 +857,13 @@ _LATEX_SPECIAL = {
 
 def latex_escape(text: str) -> str:
     out = "".join(_LATEX_SPECIAL.get(ch, ch) for ch in text)
-    return out.replace("±", r"$\pm$").replace("–", "--").replace("->", r"$\rightarrow$")
+    out = out.replace("±", r"$\pm$").replace("–", "--").replace("->", r"$\rightarrow$")
+    return out.replace(LEAD_MARK, r"$^\dagger$").replace("²", r"$^2$")
 
 
 def to_latex(table: Table) -> str:
-    """A booktabs table rendered by pandas' Styler (jinja2); bold via ``\\textbf``."""
+    """A booktabs table rendered by pandas' Styler (jinja2); bold via ``\\textbf``. The caption is ``Table.caption``
+    (LaTeX adds its own "Table N:"; the paper's number stays in the comment line) with ``\\label{tab:<name>}``."""
     import pandas as pd
 
     data = [
@@ -669,7 +888,7 @@ def to_latex(table: Table) -> str:
         f"% {latex_escape(table.title)} -- generated by `bench table` from run records; do not edit\n"
         "% needs \\usepackage{booktabs}\n"
         "\\begin{table}[t]\n\\centering\n\\footnotesize\n"
-        f"\\caption{{{latex_escape(table.title)}}}\n"
+        f"\\caption{{{latex_escape(table.latex_caption)}}}\\label{{tab:{table.name}}}\n"
         f"{tabular}"
         "\\par\\smallskip\n\\begin{minipage}{\\linewidth}\\scriptsize\n\\begin{itemize}\n"
         f"{notes}\n"
@@ -703,7 +922,10 @@ def build_tables(
     reported_path: str | Path | None = REPORTED_PATH,
     ci: bool = False,
     all_per_class: bool = False,
+    lead_se: bool = False,
 ) -> TableSet:
+    """All tables of the records under ``record_paths`` (``load_records``); ``lead_se`` marks the best rows that are
+    ahead of the next by more than their combined standard error."""
     loaded = load_records(record_paths)
     reported = None
     if reported_path is not None:
@@ -714,10 +936,10 @@ def build_tables(
             reported = load_reported(reported_path)
     recs = sorted(loaded.records, key=lambda pr: str(pr[0]))
     dups: list[str] = []
-    tables = [build_table2(recs, reported, ci=ci, duplicates=dups)]
+    tables = [build_table2(recs, reported, ci=ci, duplicates=dups, lead_se=lead_se)]
     if any(r["task"] == INPAINT_TASK for _, r in recs) or reported is not None:
-        tables.append(build_table1(recs, reported, ci=ci))
-    tables += build_per_class_tables(recs, all_metrics=all_per_class)
+        tables.append(build_table1(recs, reported, ci=ci, lead_se=lead_se))
+    tables += build_per_class_tables(recs, all_metrics=all_per_class, ci=ci)
     loaded.duplicates = sorted(set(dups))
     return TableSet(tables=tables, loaded=loaded)
 

@@ -262,25 +262,44 @@ class RunLogger:
             self._tb.close()
 
 
+#: the PNG text key of a sample grid that names its columns ("|"-separated), read by ``bench plot``
+SAMPLE_COLUMNS_KEY = "columns"
+
+
 def save_sample_grid(
     method: PretrainMethod, images: torch.Tensor, path: Path, seed: int, iteration: int, write: bool, count: int = 8
 ) -> None:
-    """PNG with one row per image: masked input | prediction | original. Computed on every rank (networks with
-    buffers would otherwise leave DDP collectives unmatched), written by rank 0."""
-    from torchvision.utils import save_image
+    """PNG with one row per image: masked input | prediction | prediction pasted into the hole | original (the
+    pasted column when ``sample_grid`` also returns the dropped mask and the hole is not the whole image). The column
+    names are in the PNG's text metadata (``SAMPLE_COLUMNS_KEY``). Computed on every rank (networks with buffers
+    would otherwise leave DDP collectives unmatched), written by rank 0."""
+    from PIL import Image, PngImagePlugin
+    from torchvision.utils import make_grid
 
     gen = torch.Generator().manual_seed(derive_seed(seed, "grid", iteration))
     batch = images[:count]
     method.train(False)
     try:
         with seeded_rngs(derive_seed(seed, "grid-rng", iteration)):
-            masked, pred, original = method.sample_grid(batch, gen)
+            masked, pred, original, *rest = method.sample_grid(batch, gen)
     finally:
         method.train(True)
-    if write:
-        tiles = torch.stack([masked, pred, original], dim=1).flatten(0, 1).float().cpu()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_image((tiles.clamp(-1, 1) + 1) / 2, str(path), nrow=3, padding=2)
+    if not write:
+        return
+    panels, names = [masked, pred], ["masked input", "prediction"]
+    if rest and not bool(rest[0].all()):
+        dropped = rest[0].to(pred.device).bool()
+        panels.append(torch.where(dropped, pred, original.to(pred.dtype)))
+        names.append("pasted into the hole")
+    panels.append(original)
+    names.append("original")
+    tiles = torch.stack([p.float().cpu() for p in panels], dim=1).flatten(0, 1)
+    grid = make_grid((tiles.clamp(-1, 1) + 1) / 2, nrow=len(panels), padding=2)
+    pixels = grid.mul(255).add_(0.5).clamp_(0, 255).permute(1, 2, 0).to(torch.uint8).numpy()
+    info = PngImagePlugin.PngInfo()
+    info.add_text(SAMPLE_COLUMNS_KEY, "|".join(names))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path, format="PNG", pnginfo=info)
 
 
 # -- the loop ---------------------------------------------------------------------------------------------------

@@ -253,14 +253,16 @@ class InpaintingMethod(PretrainMethod):
     @torch.no_grad()
     def sample_grid(
         self, images: torch.Tensor, generator: torch.Generator
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(masked input, prediction pasted into the hole, original), all ``[n, 3, 128, 128]``."""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(masked input, raw prediction, original, hole), ``[n, 3, 128, 128]`` (hole ``[n, 1, 128, 128]``): the
+        raw prediction is the predicted region (the hole and its overlap margin) drawn over the masked input; the
+        grid pastes only its hole pixels into the original beside it."""
         hole = self.sample_mask(images, generator)
         inputs, pred, _, _ = self._forward(images, hole)
         top, left, bottom, right = self._region_box(*images.shape[-2:])
         full = inputs.clone()
         full[..., top:bottom, left:right] = pred.clamp(-1, 1).to(full.dtype)
-        return inputs, torch.where(hole, full, images), images
+        return inputs, full, images, hole
 
     def encoder_state_dict(self) -> None:
         """No AlexNet trunk: nothing is exported for transfer."""

@@ -159,9 +159,9 @@ class PretrainMethod:
     def training_step(self, images: torch.Tensor, generator: torch.Generator) -> dict[str, float]:
         raise NotImplementedError
 
-    def sample_grid(
-        self, images: torch.Tensor, generator: torch.Generator
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def sample_grid(self, images: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+        """(masked input, raw prediction, original) and optionally the dropped mask ``[n, 1, H, W]`` (True where
+        the network fills in), from which the grid also shows the prediction pasted into the hole."""
         raise NotImplementedError
 
     def encoder_state_dict(self) -> dict[str, torch.Tensor] | None:
@@ -242,16 +242,20 @@ class _ReconstructionMethod(PretrainMethod):
         if self.masked_input:
             self.mask_generator = self.build_mask_generator()
 
+    def _dropped_mask(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """The pixels the network must fill in: a sampled mask, or (autoencoder) every pixel."""
+        if self.masked_input:
+            return self.sample_mask(images, generator)
+        return torch.ones(images.shape[0], 1, *images.shape[2:], dtype=torch.bool, device=images.device)
+
     def _forward(
-        self, images: torch.Tensor, generator: torch.Generator
+        self, images: torch.Tensor, generator: torch.Generator, mask: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(network input, prediction, target, dropped mask) with prediction/target/mask at the same size."""
-        if self.masked_input:
-            mask = self.sample_mask(images, generator)
-            inputs = apply_mask(images, mask, fill=PAPER_FILL)
-        else:  # autoencoder: nothing dropped, every pixel is a target
-            mask = torch.ones(images.shape[0], 1, *images.shape[2:], dtype=torch.bool, device=images.device)
-            inputs = images
+        if mask is None:
+            mask = self._dropped_mask(images, generator)
+        # autoencoder: nothing is dropped from the input, every pixel is a target
+        inputs = apply_mask(images, mask, fill=PAPER_FILL) if self.masked_input else images
         with self.autocast():
             pred = self.networks["model"](self.to_layout(inputs))
         pred = pred.float()
@@ -270,11 +274,13 @@ class _ReconstructionMethod(PretrainMethod):
     @torch.no_grad()
     def sample_grid(
         self, images: torch.Tensor, generator: torch.Generator
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        inputs, pred, _, _ = self._forward(images, generator)
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(masked input, raw prediction, original, dropped mask), all at the input size."""
+        mask = self._dropped_mask(images, generator)
+        inputs, pred, _, _ = self._forward(images, generator, mask)
         if pred.shape[-1] != images.shape[-1]:
             pred = torch.nn.functional.interpolate(pred, size=images.shape[-2:], mode="bilinear", align_corners=False)
-        return inputs, pred.clamp(-1, 1), images
+        return inputs, pred.clamp(-1, 1), images, mask
 
 
 @register_method
@@ -338,9 +344,7 @@ class RandomInitMethod(PretrainMethod):
     def training_step(self, images: torch.Tensor, generator: torch.Generator) -> dict[str, float]:
         raise RuntimeError("the random method does not train")
 
-    def sample_grid(
-        self, images: torch.Tensor, generator: torch.Generator
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def sample_grid(self, images: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
         raise RuntimeError("the random method has no prediction to show")
 
     def encoder_state_dict(self) -> dict[str, torch.Tensor]:

@@ -96,10 +96,14 @@ def test_joint_loss_step_updates_both_networks() -> None:
         changed = [not torch.equal(a, b) for a, b in zip(before[name], net.parameters())]
         assert all(changed), f"{name}: {changed.count(False)} parameter tensors did not move"
     method.train(False)
-    masked, pred, original = method.sample_grid(images[:2], torch.Generator().manual_seed(0))
-    assert masked.shape == pred.shape == original.shape == (2, 3, 128, 128)
-    assert torch.equal(pred[..., :39, :], original[..., :39, :])  # only the hole (7 px overlap) is replaced
-    assert not torch.equal(pred[..., 39:89, 39:89], original[..., 39:89, 39:89])
+    masked, pred, original, hole = method.sample_grid(images[:2], torch.Generator().manual_seed(0))
+    assert masked.shape == pred.shape == original.shape == (2, 3, 128, 128) and hole.shape == (2, 1, 128, 128)
+    # the raw prediction is the predicted region (the hole and its 7-px overlap margin) over the masked input
+    assert torch.equal(pred[..., :32, :], masked[..., :32, :])
+    assert not torch.equal(pred[..., 32:39, 32:96], masked[..., 32:39, 32:96])  # the overlap margin is predicted
+    pasted = torch.where(hole, pred, original)  # what the grid shows beside it: only the hole is replaced
+    assert torch.equal(pasted[..., :39, :], original[..., :39, :])
+    assert not torch.equal(pasted[..., 39:89, 39:89], original[..., 39:89, 39:89])
 
 
 def test_generator_step_skips_discriminator_weight_gradients_with_the_same_updates() -> None:

@@ -50,8 +50,9 @@ def test_run_folder_holds_everything(run20: Path) -> None:
     from PIL import Image
 
     with Image.open(run20 / "samples" / "iter_00000020.png") as im:
-        # torchvision make_grid, padding 2: 3 columns (masked | prediction | original) x 2 rows (the batch)
-        assert im.size == (3 * 99 + 4 * 2, 2 * 99 + 3 * 2)
+        # torchvision make_grid, padding 2: 4 columns x 2 rows (the batch), the columns named in the PNG
+        assert im.size == (4 * 99 + 5 * 2, 2 * 99 + 3 * 2)
+        assert im.text["columns"] == "masked input|prediction|pasted into the hole|original"
     lines = [json.loads(line) for line in (run20 / "log.jsonl").read_text().splitlines()]
     logged = [r for r in lines if "loss" in r]
     assert [r["iteration"] for r in logged] == [5, 10, 15, 20]

@@ -1,8 +1,11 @@
 """``bench plot``: PNG figures from run folders and records.
 
-``pretrain_loss.png``: the training-loss curves of every ``bench pretrain`` run folder under ``--runs`` (read from
-each folder's ``log.jsonl``). ``per_class_*.png``: per-class AP/IoU of each method, one chart per transfer
-protocol, from the records under ``--records`` (the same grouping as ``bench table``).
+From the ``bench pretrain`` run folders under ``--runs``: ``pretrain_loss.png``, the training-loss curves (read from
+each folder's ``log.jsonl``; every logged point marked, a running mean over long curves) and ``samples_<run>.png``,
+the newest sample grid of each run with its columns named (masked input, raw prediction, prediction pasted into the
+hole, original). From the records under ``--records`` (found as ``bench table`` finds them): ``table2_<preset>.png``,
+Table 2 as bars with ±1 standard deviation over seeds and n, titled with the records' preset, and
+``per_class_*.png``, per-class AP/IoU of each method (background first), one chart per transfer protocol.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-HELP = "draw training-loss curves and per-class AP/IoU comparisons (PNG)"
+HELP = "draw training-loss curves, sample grids, Table 2 bars and per-class AP/IoU comparisons (PNG)"
 DESCRIPTION = __doc__
 
 
@@ -23,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from benchmarks.figures import plot_loss_curves, plot_per_class
+    from benchmarks.figures import plot_loss_curves, plot_per_class, plot_sample_grids, plot_table2
 
     runs = [r for r in args.runs if Path(r).exists()]
     records = [r for r in args.records if Path(r).exists()]
@@ -35,7 +38,10 @@ def run(args: argparse.Namespace) -> int:
         written.append(loss)
     elif runs:
         print("bench plot: no log.jsonl with loss values under --runs", file=sys.stderr)
+    if runs:
+        written += plot_sample_grids(runs, args.out)
     if records:
+        written += plot_table2(records, args.out)
         written += plot_per_class(records, args.out)
     for path in written:
         print(path)
