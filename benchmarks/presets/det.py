@@ -5,7 +5,7 @@ rbgirshick/fast-rcnn ``models/CaffeNet/solver.prototxt`` and ``lib/fast_rcnn/con
 lr 0.001 dropped x0.1 after 30k of 40k iterations, short side 600 / long side <= 1000, ~2,000 fast-mode
 selective-search proposals per image, conv1 frozen.
 ``cpu``: the same protocol sized for 2 CPU cores on the demo dataset, where the harness learns (short side 160,
-fc6/fc7 1024 wide, 1,200 iterations at lr 0.01 with Krähenbühl's rescaling, bf16, every detection kept for scoring;
+fc6/fc7 1024 wide, 800 iterations at lr 0.01 with Krähenbühl's rescaling, bf16, every detection kept for scoring;
 reasons and measurements in docs/protocols/cpu-preset.md).
 ``smoke``: the same code at CPU scale for the tiny synthetic VOC tree (short side 160, fc6/fc7 512
 wide, a few iterations, every detection kept for scoring).
@@ -33,9 +33,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     "cpu": {
         "rescale": True,
-        "iterations": 1200,
+        "iterations": 800,
         "lr": 0.01,
-        "det_lr_step": 900,
+        "det_lr_step": 600,
         "batch_size": 2,
         "rois_per_image": 64,
         "workers": 1,

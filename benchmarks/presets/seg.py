@@ -3,7 +3,7 @@
 ``paper``: the released FCN-AlexNet solver (fcn.berkeleyvision.org/voc-fcn-alexnet/solver.prototxt and net.py):
 fixed lr 1e-4 for the normalised softmax loss, momentum 0.9, weight decay 5e-4, ``iter_size: 20`` single images per
 update (batch 20 here), ``max_iter: 100000``; fc6/fc7 with 4096 maps.
-``cpu``: the same protocol sized for 2 CPU cores on the demo dataset, where FCN-32s learns: 600 updates of 2 images
+``cpu``: the same protocol sized for 2 CPU cores on the demo dataset, where FCN-32s learns: 400 updates of 2 images
 at lr 0.01 with Krähenbühl's rescaling (trunk and fc6/fc7), fc6/fc7 512 maps, bf16 (docs/protocols/cpu-preset.md).
 ``smoke``: the same code at CPU scale on the
 small VOC-layout demo tree (a few minutes on 2 cores): 20 updates of 2 images, narrow fc layers, a larger lr so that
@@ -29,7 +29,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     "cpu": {
         "rescale": True,
-        "iterations": 600,
+        "iterations": 400,
         "lr": 1e-2,
         "batch_size": 2,
         "workers": 1,
