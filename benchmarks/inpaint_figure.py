@@ -288,8 +288,8 @@ def render_figure(group: InpaintGroup, rows: Sequence[FigureRow], total: int) ->
             is_best = 0 < c <= len(row.psnr) and row.psnr[c - 1] == best and len(row.psnr) > 1
             draw.text((GAP + c * cell_w, y + tile + 2), text, fill=BEST if is_best else TEXT, font=font)
     footer = (
-        f"PSNR over the hole (dB). Rows: {len(rows)} of {total} images at evenly spaced ranks of "
-        f"{group.ranking.label}'s PSNR, best first. {group.dataset}, overlap {group.config.get('overlap')} px"
+        f"PSNR over the hole (dB). Rows: {len(rows)} of {total} images at evenly spaced ranks of the PSNR of "
+        f"{group.ranking.label}, best first. {group.dataset}, overlap {group.config.get('overlap')} px"
     )
     draw.text((GAP, height - FOOTER_H + 3), _fit(draw, footer, width - 2 * GAP, font), fill=TEXT, font=font)
     return canvas

@@ -6,6 +6,8 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -131,3 +133,24 @@ def test_figure_is_skipped_with_a_reason_when_a_method_cannot_be_redone(
     shutil.rmtree(copy / "heldout")
     _plot(copy, tmp_path / "figs")
     assert f"the evaluated images {copy / 'heldout'} are gone" in capsys.readouterr().err
+
+
+def test_the_sweeps_plot_cell_draws_the_figure_from_the_collected_records(
+    evaluated: Path, tmp_path: Path, subprocess_env: dict[str, str]
+) -> None:
+    from benchmarks.reproduce import collect_record
+
+    sweep = tmp_path / "sweep"
+    for folder in sorted((evaluated / "records").iterdir()):  # as the inpaint-eval cells leave them
+        collect_record({"id": f"inpaint-eval/{folder.name}", "out": str(folder)}, sweep)
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.cli", "reproduce", "--tasks", "none", "--out", str(sweep), "--quiet-cells"],
+        env=subprocess_env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    meta = json.loads((sweep / "figures" / "inpainting_heldout.json").read_text())
+    assert len(meta["methods"]) == 4 and len(meta["rows"]) == LIMIT  # 5 images, fewer than the default 6 rows
+    assert (sweep / "figures" / "inpainting_heldout.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
