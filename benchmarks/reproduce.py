@@ -48,7 +48,7 @@ METHODS = ("random", "autoencoder", "context-encoder")
 #: methods with a pretraining run (random init is made by the transfer command itself: ``--weights random``)
 PRETRAINED_METHODS = ("autoencoder", "context-encoder")
 #: baselines of ``bench inpaint-eval`` that need no training, evaluated next to the trained inpainting network
-#: (fsr-best is left out: about 11 s per 128-px image on one CPU core against 0.4 s for fsr-fast)
+#: (fsr-best is left out: about 7.5 s of CPU per 128-px image against 0.4 s for fsr-fast, docs/protocols/inpainting.md)
 INPAINT_BASELINES = ("mean", "telea", "shiftmap", "fsr-fast")
 DEFAULT_SEEDS = {"smoke": 1, "paper": 3}
 #: stage names accepted by ``stage_args`` (extra options appended to that stage's command lines)

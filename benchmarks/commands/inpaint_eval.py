@@ -7,7 +7,7 @@ hole; mean L1, mean L2 (fractions of the [0, 1] range, stored and printed in per
 hole only (``*_hole``). Written to --out: one run record (JSON, task "inpaint", primary metric PSNR_hole) and the
 per-image values (CSV next to it). Baselines need no training: mean (mean colour of the visible pixels), telea and
 ns (OpenCV cv2.inpaint), biharmonic (scikit-image), the patch-based shiftmap (shift-map stitching) and fsr-fast /
-fsr-best (frequency-selective reconstruction, two quality profiles; fsr-best is about 25x slower) of OpenCV contrib's
+fsr-best (frequency-selective reconstruction, two quality profiles; fsr-best is about 20x slower) of OpenCV contrib's
 cv2.xphoto.inpaint, nn (nearest neighbour by HOG features of the context among the crops of --train-images, its
 pixels pasted into the hole: the paper's NN-inpainting baseline). The protocol is in docs/protocols/inpainting.md.
 """
