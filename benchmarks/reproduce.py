@@ -48,7 +48,8 @@ METHODS = ("random", "autoencoder", "context-encoder")
 #: methods with a pretraining run (random init is made by the transfer command itself: ``--weights random``)
 PRETRAINED_METHODS = ("autoencoder", "context-encoder")
 #: baselines of ``bench inpaint-eval`` that need no training, evaluated next to the trained inpainting network
-INPAINT_BASELINES = ("mean", "telea")
+#: (fsr-best is left out: about 7.5 s of CPU per 128-px image against 0.4 s for fsr-fast, docs/protocols/inpainting.md)
+INPAINT_BASELINES = ("mean", "telea", "shiftmap", "fsr-fast")
 DEFAULT_SEEDS = {"smoke": 1, "cpu": 3, "paper": 3}
 #: stage names accepted by ``stage_args`` (extra options appended to that stage's command lines)
 STAGES = ("pretrain", "inpaint-pretrain", "inpaint-eval", *TRANSFER_TASKS, "table", "plot")

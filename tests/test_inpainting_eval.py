@@ -85,6 +85,50 @@ def test_every_baseline_keeps_the_context_and_fills_the_hole() -> None:
     assert region_errors(build_baseline("biharmonic")(smooth, hole), smooth, hole)["L2"] < 1e-4
 
 
+def _periodic_texture() -> np.ndarray:
+    """Three colour gratings (periods 16, 12 and 20 px): a hole in it is easy to fill from the context by copying or
+    by extrapolating its frequencies, and hard for one mean colour."""
+    yy, xx = np.mgrid[0:128, 0:128].astype(np.float32)
+    channels = [np.sin(2 * np.pi * xx / 16), np.sin(2 * np.pi * yy / 12), np.sin(2 * np.pi * (xx + yy) / 20)]
+    return np.stack([0.5 + 0.4 * c for c in channels], -1).astype(np.float32)
+
+
+@pytest.mark.parametrize(
+    "baseline", ["shiftmap", "fsr-fast", pytest.param("fsr-best", marks=pytest.mark.slow)]
+)  # fsr-best: about 20 s per image on 2 busy cores
+def test_xphoto_baselines_fill_the_hole_from_the_context_and_beat_mean_fill_on_texture(baseline: str) -> None:
+    texture = _periodic_texture()
+    hole = centre_hole(128, 7)
+    fill = build_baseline(baseline)
+    out = fill(texture, hole)
+    assert out.shape == texture.shape and out.dtype == np.float32
+    assert np.array_equal(out[~hole], texture[~hole])
+    assert np.all((out >= 0) & (out <= 1))
+    # the hole's own pixels never reach the result: garbage there gives the same completion
+    spoiled = texture.copy()
+    spoiled[hole] = 1.0
+    assert np.array_equal(fill(spoiled, hole), out)
+    assert not np.allclose(out[hole], 1.0)  # and it is really filled, not left as it came
+    psnr = region_errors(out, texture, hole)["PSNR"]
+    mean_psnr = region_errors(mean_fill(texture, hole), texture, hole)["PSNR"]
+    assert psnr > mean_psnr + 3.0, (baseline, psnr, mean_psnr)
+
+
+def test_shiftmap_copies_a_periodic_texture_almost_exactly() -> None:
+    texture = _periodic_texture()
+    hole = centre_hole(128, 0)
+    assert region_errors(build_baseline("shiftmap")(texture, hole), texture, hole)["PSNR"] > 40.0
+
+
+def test_baseline_choices_of_the_cli_are_the_library_baselines() -> None:
+    from benchmarks.commands.inpaint_eval import BASELINE_CHOICES
+    from benchmarks.tables import METHOD_LABELS
+    from pretrain.inpainting_eval import BASELINES
+
+    assert BASELINE_CHOICES == BASELINES
+    assert all(f"baseline-{b}" in METHOD_LABELS for b in BASELINES)  # every one gets its Table 1 label
+
+
 def test_nearest_neighbour_finds_an_exact_match() -> None:
     rng = np.random.default_rng(1)
     db = [rng.random((128, 128, 3)).astype(np.float32) for _ in range(4)]
@@ -121,7 +165,7 @@ def test_mask_file_errors_name_the_file(tmp_path: Path) -> None:
     assert load_mask_file(good).sum() == 400
 
 
-@pytest.mark.parametrize("baseline", ["mean", "telea", "ns", "biharmonic", "nn"])
+@pytest.mark.parametrize("baseline", ["mean", "telea", "ns", "biharmonic", "shiftmap", "fsr-fast", "nn"])
 def test_inpaint_eval_cli_runs_every_baseline(
     baseline: str, image_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -140,6 +184,10 @@ def test_inpaint_eval_cli_runs_every_baseline(
     assert len(rows) == 4 and rows[0]["image"].endswith((".jpg", ".png"))
     # the record stores percent: the mean of the per-image fractions x 100
     assert record["metrics"]["L1_hole"] == pytest.approx(100 * np.mean([float(r["L1_hole"]) for r in rows]))
+    if baseline in ("shiftmap", "fsr-fast"):
+        assert record["config"]["xphoto_algorithm"] == {"shiftmap": "INPAINT_SHIFTMAP"}.get(
+            baseline, "INPAINT_FSR_FAST"
+        )
 
 
 def test_inpaint_eval_nn_needs_training_images(image_folder: Path, tmp_path: Path) -> None:

@@ -192,3 +192,21 @@ def test_interrupted_pretraining_cell_resumes_from_its_checkpoint(
     assert "--method context-encoder --seed 0 --resume" in log
     assert not list((out / "runs").glob("*.attempt*"))  # resumed in place, not restarted
     assert (out / "records" / "transfer__cls__context-encoder__seed0.json").exists()
+
+
+def test_inpainting_cells_evaluate_the_patch_based_baselines_and_feed_the_plot_cell(tmp_path: Path) -> None:
+    from benchmarks.reproduce import INPAINT_BASELINES
+
+    out = tmp_path / "sweep"
+    cells = build_cells(SweepOptions(out=str(out), data="IMGS", inpaint_eval_images="HELDOUT", tasks=("inpaint",)))
+    by_id = {c["id"]: c for c in cells}
+    assert {"shiftmap", "fsr-fast"} <= set(INPAINT_BASELINES)
+    for name in ["inpainting", *(f"baseline-{b}" for b in INPAINT_BASELINES)]:
+        cell = by_id[f"inpaint-eval/{name}"]
+        assert cell["makes_record"] and cell["argv"][cell["argv"].index("--images") + 1] == "HELDOUT"
+        assert cell["id"] in by_id["report/plot"]["depends_on"]  # the comparison figure is redrawn after it
+    for b in INPAINT_BASELINES:
+        argv = by_id[f"inpaint-eval/baseline-{b}"]["argv"]
+        assert argv[argv.index("--baseline") + 1] == b and command_available(argv)[0]
+    plot = by_id["report/plot"]["argv"]
+    assert plot[plot.index("--records") + 1] == str(out / "records")  # where the inpaint-eval records are copied

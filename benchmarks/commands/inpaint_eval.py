@@ -6,9 +6,10 @@ hole; mean L1, mean L2 (fractions of the [0, 1] range, stored and printed in per
 10 log10(1/MSE) per image, then averaged) are computed over the whole 64x64 centre (``*_center``) and over the
 hole only (``*_hole``). Written to --out: one run record (JSON, task "inpaint", primary metric PSNR_hole) and the
 per-image values (CSV next to it). Baselines need no training: mean (mean colour of the visible pixels), telea and
-ns (OpenCV cv2.inpaint), biharmonic (scikit-image), nn (nearest neighbour by HOG features of the context among the
-crops of --train-images, its pixels pasted into the hole: the paper's NN-inpainting baseline). The protocol is in
-docs/protocols/inpainting.md.
+ns (OpenCV cv2.inpaint), biharmonic (scikit-image), the patch-based shiftmap (shift-map stitching) and fsr-fast /
+fsr-best (frequency-selective reconstruction, two quality profiles; fsr-best is about 20x slower) of OpenCV contrib's
+cv2.xphoto.inpaint, nn (nearest neighbour by HOG features of the context among the crops of --train-images, its
+pixels pasted into the hole: the paper's NN-inpainting baseline). The protocol is in docs/protocols/inpainting.md.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from typing import Any
 HELP = "evaluate inpainting (Table 1: mean L1, mean L2, PSNR) of a trained network or a classical baseline"
 DESCRIPTION = __doc__
 
-BASELINE_CHOICES = ("mean", "telea", "ns", "biharmonic", "nn")  # = pretrain.inpainting_eval.BASELINES
+#: = pretrain.inpainting_eval.BASELINES (not imported: --help stays fast)
+BASELINE_CHOICES = ("mean", "telea", "ns", "biharmonic", "shiftmap", "fsr-fast", "fsr-best", "nn")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,8 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     what.add_argument(
         "--baseline",
         choices=BASELINE_CHOICES,
-        help="a method without training: mean fill, OpenCV telea / ns, scikit-image biharmonic, HOG nearest "
-        "neighbour (nn, needs --train-images)",
+        help="a method without training: mean fill, OpenCV telea / ns, scikit-image biharmonic, OpenCV-contrib "
+        "xphoto shiftmap / fsr-fast / fsr-best, HOG nearest neighbour (nn, needs --train-images)",
     )
     parser.add_argument("--images", required=True, help="held-out images (folder, searched recursively)")
     parser.add_argument("--out", required=True, help="folder for the run record and the per-image CSV")
@@ -92,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
     from pretrain.inpainting_eval import (
         PROTOCOL_ID,
         PROTOCOL_VERSION,
+        XPHOTO_ALGORITHMS,
         EvalProtocol,
         InpaintEvalError,
         as_table_units,
@@ -172,6 +175,7 @@ def run(args: argparse.Namespace) -> int:
             **protocol.to_dict(),
             "mask": args.mask,
             "radius": args.radius if args.baseline in ("telea", "ns") else None,
+            "xphoto_algorithm": XPHOTO_ALGORITHMS.get(args.baseline or ""),
             "limit": args.limit,
             "images": len(rows),
         },

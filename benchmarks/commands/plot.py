@@ -6,6 +6,10 @@ the newest sample grid of each run with its columns named (masked input, raw pre
 hole, original). From the records under ``--records`` (found as ``bench table`` finds them): ``table2_<preset>.png``,
 Table 2 as bars with ±1 standard deviation over seeds and n, titled with the records' preset, and
 ``per_class_*.png``, per-class AP/IoU of each method (background first), one chart per transfer protocol.
+``inpainting_<dataset>.png``: for the ``bench inpaint-eval`` records under ``--records``, a grid of
+--inpaint-images held-out images (masked input, every evaluated method, original; the PSNR of the hole under each
+tile), chosen at evenly spaced ranks of the network's PSNR and recomputed from what the records name (details in
+docs/protocols/inpainting.md).
 """
 
 from __future__ import annotations
@@ -21,6 +25,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runs", nargs="*", default=[], help="pretraining run folders (searched for log.jsonl)")
     parser.add_argument("--records", nargs="*", default=[], help="record folders or files (as for `bench table`)")
     parser.add_argument("--out", default="results/figures", help="folder for the PNG files")
+    parser.add_argument(
+        "--inpaint-images",
+        type=int,
+        default=6,
+        help="rows of the inpainting comparison: images at evenly spaced ranks of the network's PSNR (0: no figure)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -43,6 +53,13 @@ def run(args: argparse.Namespace) -> int:
     if records:
         written += plot_table2(records, args.out)
         written += plot_per_class(records, args.out)
+    if records and args.inpaint_images > 0:
+        from benchmarks.inpaint_figure import plot_inpainting
+
+        figures, problems = plot_inpainting(records, args.out, args.inpaint_images)
+        written += figures
+        for problem in problems:
+            print(f"bench plot: {problem}", file=sys.stderr)
     for path in written:
         print(path)
     print(f"bench plot: wrote {len(written)} figures to {args.out}", file=sys.stderr)
