@@ -168,6 +168,9 @@ def test_smoke_finetune_writes_record_and_counts_skips(voc_root: Path, tmp_path:
     assert rec["train_split"] == "trainval" and rec["eval_split"] == "test"
     assert rec["primary_metric"] == "mAP" and rec["metrics"]["mAP"] == rec["metrics"]["mAP_2crop"]
     assert {"mAP_1crop", "mAP_2crop_voc07", "mAP_1crop_voc07"} <= set(rec["metrics"])  # smoke: 2 random crops
+    # both Krähenbühl variants are stored; the scikit-learn <= 0.18 trapezoids never exceed the step-wise sum
+    assert rec["metrics"]["mAP_2crop"] <= rec["metrics"]["mAP_2crop_stepwise"] + 1e-9
+    assert rec["config"]["ap_method"] == "krahenbuhl" and rec["protocol"]["version"] == 2
     assert rec["per_class"]["AP"] == rec["per_class"]["AP_2crop"]
     assert 0.0 <= rec["metrics"]["mAP"] <= 100.0 and len(rec["per_class"]["AP"]) == 20
     assert rec["config"]["iterations"] == 3 and rec["config"]["crop_size"] == 67

@@ -12,7 +12,21 @@ from typing import Any, NamedTuple
 
 TITLE = "VOC2007 classification fine-tuning (Krähenbühl et al. 2015 protocol)"
 PROTOCOL_ID = "voc07-cls-finetune"
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # v2: krahenbuhl AP = scikit-learn <= 0.18's trapezoids; VOC07 thresholds as MATLAB's 0:0.1:1
+
+#: What each --cls-ap definition is, for the record's description.
+AP_DESCRIPTIONS = {
+    "krahenbuhl": "Krähenbühl's evaluation on scikit-learn <= 0.18 (trapezoidal PR area, ties pessimistic)",
+    "krahenbuhl_stepwise": "Krähenbühl's evaluation on scikit-learn >= 0.19 (step-wise PR sum, ties pessimistic)",
+    "sklearn": "scikit-learn >= 0.19 average_precision_score",
+}
+#: Record key suffix of each AP definition stored besides the primary one.
+AP_SUFFIXES = {
+    "krahenbuhl": "_krahenbuhl",
+    "krahenbuhl_stepwise": "_stepwise",
+    "sklearn": "_sklearn",
+    "voc07": "_voc07",
+}
 
 
 def add_once(group: argparse._ArgumentGroup, *flags: str, **kwargs: Any) -> None:
@@ -103,10 +117,12 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument(
         "--cls-ap",
         default="krahenbuhl",
-        choices=["krahenbuhl", "sklearn"],
-        help="AP definition of the primary metrics: krahenbuhl = scikit-learn AP with ties broken pessimistically "
-        "(their evaluation code), sklearn = plain average_precision_score; VOC07 11-point mAP is always "
-        "stored too",
+        choices=["krahenbuhl", "krahenbuhl_stepwise", "sklearn"],
+        help="AP definition of the primary metrics: krahenbuhl = what Krähenbühl et al.'s evaluation computed with "
+        "the scikit-learn of its day (<= 0.18: trapezoidal area under the precision-recall curve, ties broken "
+        "pessimistically); krahenbuhl_stepwise = the same call on scikit-learn >= 0.19 (step-wise sum); sklearn = "
+        "today's plain average_precision_score. The other krahenbuhl variant and the VOC07 11-point mAP (as the "
+        "devkit) are always stored too",
     )
     group.add_argument(
         "--cls-pretrained-fc",
@@ -166,6 +182,13 @@ def _save_model(model: Any, out: str, name: str, cfg: Any, weights: dict[str, An
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     return atomic_torch_save({"format": "context-encoders-bench/cls-finetuned", "model": state,
                               "config": cfg.to_dict(), "weights": weights}, path)  # fmt: skip
+
+
+def _stored_ap_methods(primary: str) -> list[tuple[str, str]]:
+    """(AP definition, metric key suffix) pairs a record stores: the primary one (no suffix), both Krähenbühl
+    variants (so that a record can be compared with numbers made on either scikit-learn) and VOC07."""
+    methods = [primary] + [m for m in ("krahenbuhl", "krahenbuhl_stepwise", "voc07") if m != primary]
+    return [(m, "" if m == primary else AP_SUFFIXES[m]) for m in methods]
 
 
 def _pct(x: float) -> float:
@@ -296,7 +319,7 @@ def run(args: argparse.Namespace) -> int:
     random_view = f"{cfg.eval_crops}crop" if cfg.eval_crops != 1 else "1randcrop"
     views = {"1crop": s1} | ({random_view: s10} if cfg.eval_crops > 0 else {})
     for view, scores in views.items():
-        for method, suffix in ((args.cls_ap, ""), ("voc07", "_voc07")):
+        for method, suffix in _stored_ap_methods(args.cls_ap):
             m, pc, undefined = mean_average_precision(scores, labels, classes, method)  # type: ignore[arg-type]
             no_positives = undefined
             if not math.isnan(m):
@@ -308,10 +331,7 @@ def run(args: argparse.Namespace) -> int:
     metrics["mAP"] = metrics[f"mAP_{primary_view}"]
     per_class["AP"] = per_class[f"AP_{primary_view}"]
     metrics.update({k: float(v) for k, v in train_stats.items() if math.isfinite(v)})
-    ap_desc = {
-        "krahenbuhl": "scikit-learn average precision, ties broken pessimistically (Krähenbühl's eval)",
-        "sklearn": "scikit-learn average_precision_score",
-    }[args.cls_ap]
+    ap_desc = AP_DESCRIPTIONS[args.cls_ap]
     view_desc = f"sum of {cfg.eval_crops} random crops" if cfg.eval_crops else "centre crop"
     description = (
         f"VOC2007 {train_split}->{eval_split} multi-label fine-tuning (Krähenbühl et al. 2015): sigmoid CE with "
@@ -327,6 +347,7 @@ def run(args: argparse.Namespace) -> int:
         "preset": args.preset,
         "rescale": bool(args.rescale),
         "ap_method": args.cls_ap,
+        "ap_methods_stored": {suffix or "(primary)": method for method, suffix in _stored_ap_methods(args.cls_ap)},
         "pretrained_fc": args.cls_pretrained_fc,
         "device": str(device),
     }
