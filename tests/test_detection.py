@@ -228,6 +228,7 @@ def test_smoke_transfer_det_writes_a_valid_record(det_tree: dict, tmp_path: Path
     assert record["task"] == "det" and record["primary_metric"] == "mAP" and record["eval_split"] == "test"
     assert set(record["per_class"]["AP"]) == set(VOC_CLASSES) - set(record["extra"]["classes_without_gt"])
     assert 0.0 <= record["metrics"]["mAP"] <= 100.0 and "mAP_auc" in record["metrics"]
+    assert "mAP_py_faster_rcnn" in record["metrics"] and "AP_py_faster_rcnn" in record["per_class"]
     assert record["extra"]["proposals"]["computed"] == 0  # everything came from the cache
     assert record["extra"]["eval_data"]["no_objects"] == 1 and record["extra"]["eval_data"]["no_proposals"] == 1
     assert record["extra"]["train_data"]["clipped_boxes"] == 1 and record["extra"]["train"]["iterations"] == 3

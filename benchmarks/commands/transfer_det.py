@@ -14,7 +14,7 @@ from typing import Any
 
 TITLE = "Fast R-CNN detection on VOC2007"
 PROTOCOL_ID = "voc07-fast-rcnn"
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # v2: 11-point recall levels as MATLAB's 0:0.1:1 (v1 used numpy's rounding)
 PROTOCOL_DESCRIPTION = (
     "Fast R-CNN (Girshick 2015) on the transferred AlexNet conv1-conv5, RoI max pooling 6x6 at stride 16, fc6/fc7 "
     "re-initialised; selective-search proposals; 2 images x 64 RoIs (25% fg IoU>=0.5, bg IoU [0.1,0.5)), flip; SGD "
@@ -105,6 +105,14 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
         type=int,
         default=100,
         help="keep the highest-scoring N detections per image over all classes (py-faster-rcnn: 100)",
+    )
+    group.add_argument(
+        "--det-ap",
+        default="devkit",
+        choices=["devkit", "py-faster-rcnn"],
+        help="convention of the primary mAP: devkit = the VOC2007 MATLAB devkit (VOCevaldet.m: IoU >= 0.5, recall "
+        "levels of MATLAB's 0:0.1:1, stable sort), which produced Fast R-CNN's published numbers; py-faster-rcnn = "
+        "its Python voc_eval (IoU > 0.5, np.arange levels, numpy's default sort). The other one is stored too",
     )
 
 
@@ -267,9 +275,8 @@ def run(args: argparse.Namespace) -> int:
     if args.write_voc_results:
         write_voc_results(detections, out / "results", args.eval_split)
 
-    ap07: dict[str, float] = result["ap07"]  # type: ignore[assignment]
-    ap_auc: dict[str, float] = result["ap_auc"]  # type: ignore[assignment]
-    metrics = {"mAP": float(result["mAP"]), "mAP_auc": float(result["mAP_auc"])}  # type: ignore[arg-type]
+    metrics, per_class = _metrics(result, args.det_ap)
+    ap07, ap_auc = per_class["AP"], per_class["AP_auc"]
     skipped = [*train_report.skipped, *eval_report.skipped]
     record = make_record(
         task="det",
@@ -281,7 +288,7 @@ def run(args: argparse.Namespace) -> int:
         eval_split=args.eval_split,
         metrics=metrics,
         primary_metric="mAP",
-        per_class={"AP": ap07, "AP_auc": ap_auc},
+        per_class=per_class,
         weights=weights_info.to_dict(),
         seed=args.seed,
         config=_config(args),
@@ -299,13 +306,26 @@ def run(args: argparse.Namespace) -> int:
             "classes_without_gt": result["classes_without_gt"],
             "frozen_layers": frozen,
             "rescale": rescale_info,
-            "ap_definition": "VOC devkit 2007 11-point interpolated AP (AP); VOC2010+ area under the curve (AP_auc)",
+            "ap_definition": f"VOC2007 11-point interpolated AP as {args.det_ap} (AP); the other convention "
+            "(AP_devkit or AP_py_faster_rcnn); VOC2010+ area under the curve as the devkit (AP_auc)",
         },
     )
     path = write_record(record, out)
     _print_table(ap07, ap_auc, metrics)
     print(f"record: {path}")
     return 0
+
+
+def _metrics(result: dict[str, Any], convention: str) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """Record metrics and per-class APs: the primary 11-point AP under ``convention``, the other convention's
+    11-point AP, and the devkit's area-under-curve AP."""
+    devkit = (float(result["mAP"]), result["ap07"])
+    pyfrcnn = (float(result["mAP_py_faster_rcnn"]), result["ap07_py_faster_rcnn"])
+    (primary, primary_pc), (other, other_pc), suffix = (
+        (devkit, pyfrcnn, "py_faster_rcnn") if convention == "devkit" else (pyfrcnn, devkit, "devkit")
+    )
+    metrics = {"mAP": primary, "mAP_auc": float(result["mAP_auc"]), f"mAP_{suffix}": other}
+    return metrics, {"AP": primary_pc, "AP_auc": result["ap_auc"], f"AP_{suffix}": other_pc}
 
 
 def _config(args: argparse.Namespace) -> dict[str, Any]:
