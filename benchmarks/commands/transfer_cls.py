@@ -341,6 +341,8 @@ def _run(args: argparse.Namespace, ctx: Any) -> int:
         model_path = _save_model(model, args.out, f"cls_{winfo.method}_seed{args.seed}_final.pt", cfg, winfo.to_dict())
         log(f"fine-tuned model saved to {model_path}")
 
+    if min(len(train_items), len(eval_items)) < ctx.world_size:
+        raise SystemExit(f"error: fewer images than the {ctx.world_size} processes; run fewer processes")
     # evaluation: rank r scores images r, r + world, ...; the scores are gathered in image order on every rank
     shard = shard_indices(len(eval_items), ctx.rank, ctx.world_size)
     eval_loader = DataLoader(
