@@ -37,6 +37,24 @@ def _load(module_name: str) -> ModuleType | None:
         raise
 
 
+class _VersionAction(argparse.Action):
+    """``--version``: the suite's version and the git commit of the code (looked up only when asked)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, **kwargs: object) -> None:
+        super().__init__(option_strings, dest=dest, nargs=0, default=argparse.SUPPRESS, help=kwargs.get("help"))  # type: ignore[arg-type]
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        from pretrain.runinfo import code_version
+
+        info = code_version()
+        if info["commit"] is None:
+            commit = "commit unknown (not a git checkout)"
+        else:
+            commit = f"commit {info['commit']}" + (" (uncommitted changes)" if info["dirty"] else "")
+        print(f"bench ({info['package']}) {info['version']}, {commit}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bench",
@@ -47,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action=_VersionAction, help="print the version and git commit, then exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module_name in COMMANDS.items():
         module = _load(module_name)

@@ -7,10 +7,15 @@ is a world of one. The backend is nccl when the run uses CUDA and gloo otherwise
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
+import numpy as np
 import torch
 import torch.distributed as dist
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -66,3 +71,67 @@ def barrier() -> None:
 def cleanup_distributed() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def world() -> tuple[int, int]:
+    """``(rank, world_size)`` of the joined process group, ``(0, 1)`` outside one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class RankBatches:
+    """This rank's share of every global batch of ``batches`` (an iterable of index lists, e.g. a seeded
+    ``BatchSampler`` that yields the same batches on every rank): rank ``r`` of ``w`` takes the ``r``-th of ``w``
+    equal contiguous slices, so the ranks together see exactly the global batches a single process would see.
+    Usable as a DataLoader ``batch_sampler``."""
+
+    def __init__(self, batches: Any, rank: int, world_size: int) -> None:
+        self.batches, self.rank, self.world_size = batches, rank, world_size
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in self.batches:
+            batch = list(batch)
+            if len(batch) % self.world_size:
+                raise ValueError(
+                    f"a batch of {len(batch)} cannot be split evenly over {self.world_size} processes; use a "
+                    "--batch-size that is a multiple of the number of processes"
+                )
+            share = len(batch) // self.world_size
+            yield batch[self.rank * share : (self.rank + 1) * share]
+
+
+def shard_indices(n: int, rank: int, world_size: int) -> list[int]:
+    """Items ``rank, rank + world_size, ...`` of ``range(n)``: this rank's share of an evaluation pass."""
+    return list(range(rank, n, world_size))
+
+
+def gather_objects(obj: T) -> list[T]:
+    """Every rank's ``obj`` in rank order, on every rank (``[obj]`` in a world of one). Uses pickling, so it works
+    with gloo and nccl alike; meant for per-rank results (scores, features, detections), not for tensors in a
+    training step."""
+    world_size = world()[1]
+    if world_size == 1:
+        return [obj]
+    out: list[Any] = [None] * world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def gather_rows(rows: np.ndarray, indices: Sequence[int], n: int) -> np.ndarray:
+    """Reassemble ``rows [len(indices), ...]`` that each rank computed for its ``indices`` of ``range(n)`` into
+    one ``[n, ...]`` array in item order, on every rank."""
+    parts = gather_objects((list(indices), np.asarray(rows)))
+    first = next(p[1] for p in parts if len(p[0]))
+    out = np.zeros((n, *first.shape[1:]), dtype=first.dtype)
+    seen = np.zeros(n, dtype=bool)
+    for idx, part in parts:
+        if len(idx):
+            out[np.asarray(idx)] = part
+            seen[np.asarray(idx)] = True
+    if not seen.all():
+        raise RuntimeError(f"gather_rows: {int((~seen).sum())} of {n} items were computed by no rank")
+    return out

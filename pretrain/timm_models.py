@@ -10,6 +10,12 @@ Load a ``bench pretrain`` export offline::
 With the default ``num_classes=0`` the model is the trunk plus flattening (``forward`` returns the 9216 pool5
 features) and loading is strict; with ``num_classes > 0`` the torchvision-style fc6-fc8 classifier is added and
 initialised randomly (only the trunk comes from the file). Torchvision widths only.
+
+``features_only=True`` returns the maps of the five conv stages (after each ReLU: conv1 at stride 4, conv2 at 8,
+conv3-conv5 at 16; ``out_indices`` picks some), as timm's ``FeatureListNet``. The pretrained configuration carries
+the input convention of ``bench pretrain``: RGB in [-1, 1], stated as ``mean = std = (0.5, 0.5, 0.5)`` on [0, 1]
+tensors, so ``timm.data.create_transform(**timm.data.resolve_data_config(model=model))`` feeds the network what
+it was trained on (227 px, bilinear, centre crop).
 """
 
 from __future__ import annotations
@@ -19,9 +25,20 @@ from typing import Any
 import torch
 from torch import nn
 
-from pretrain.models.alexnet import Widths, alexnet_trunk
+from pretrain.models.alexnet import LAYER_OUTPUT_INDEX, WIDTHS, Widths, alexnet_trunk
 
 TIMM_MODEL_NAME = "alexnet_context_encoder"
+#: (stage, output stride) of the feature maps ``features_only`` returns
+FEATURE_STAGES: tuple[tuple[str, int], ...] = (("conv1", 4), ("conv2", 8), ("conv3", 16), ("conv4", 16), ("conv5", 16))
+
+
+def feature_info(widths: Widths = "torchvision") -> list[dict[str, Any]]:
+    """timm's ``feature_info`` of the trunk: channels, reduction and module of each conv stage's ReLU output."""
+    channels = WIDTHS[widths]
+    return [
+        dict(num_chs=channels[k], reduction=stride, module=f"features.{LAYER_OUTPUT_INDEX[name]}")
+        for k, (name, stride) in enumerate(FEATURE_STAGES)
+    ]
 
 
 class AlexNetEncoder(nn.Module):
@@ -35,6 +52,7 @@ class AlexNetEncoder(nn.Module):
         if in_chans != 3:
             raise ValueError("the AlexNet context encoder takes 3-channel images")
         self.features = alexnet_trunk(widths)
+        self.feature_info = feature_info(widths)
         self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
         self.num_features = self.head_hidden_size = 256 * 6 * 6
         self.drop_rate = drop_rate
@@ -120,6 +138,7 @@ def _register_timm() -> None:
             pretrained,
             pretrained_filter_fn=_filter_encoder_state,
             pretrained_strict=kwargs["num_classes"] == 0,
+            feature_cfg=dict(flatten_sequential=True),  # the stages live inside the ``features`` Sequential
             **kwargs,
         )
         return model

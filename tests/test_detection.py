@@ -228,6 +228,7 @@ def test_smoke_transfer_det_writes_a_valid_record(det_tree: dict, tmp_path: Path
     assert record["task"] == "det" and record["primary_metric"] == "mAP" and record["eval_split"] == "test"
     assert set(record["per_class"]["AP"]) == set(VOC_CLASSES) - set(record["extra"]["classes_without_gt"])
     assert 0.0 <= record["metrics"]["mAP"] <= 100.0 and "mAP_auc" in record["metrics"]
+    assert "mAP_py_faster_rcnn" in record["metrics"] and "AP_py_faster_rcnn" in record["per_class"]
     assert record["extra"]["proposals"]["computed"] == 0  # everything came from the cache
     assert record["extra"]["eval_data"]["no_objects"] == 1 and record["extra"]["eval_data"]["no_proposals"] == 1
     assert record["extra"]["train_data"]["clipped_boxes"] == 1 and record["extra"]["train"]["iterations"] == 3
@@ -323,3 +324,40 @@ def test_a_perfect_detector_scores_100_map(det_tree: dict) -> None:
         )
     result = evaluate_detections(detections, ground_truth_by_class(images, VOC_CLASSES), VOC_CLASSES)
     assert result["mAP"] == pytest.approx(100.0) and result["mAP_auc"] == pytest.approx(100.0)
+
+
+def test_two_process_torchrun_gives_the_same_map(
+    det_tree: dict, tmp_path: Path, subprocess_env: dict[str, str]
+) -> None:
+    """2 gloo ranks compute the missing proposals (half each) into the shared cache, run DDP steps at lr 0 (the
+    weights stay those of the seed) and detect on half of the test images each: the gathered detections must score
+    exactly as a single process's."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO_ROOT
+
+    cache = det_tree["cache"]
+    year_dir = det_tree["year_dir"]
+    common = ["benchmarks.cli", "transfer", "--task", "det", "--voc-root", str(det_tree["root"]), "--weights"]
+    common += ["random", "--preset", "smoke", "--iterations", "2", "--lr", "0", "--device", "cpu"]
+    common += ["--proposal-workers", "1"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m"]
+    records = {}
+    for name, launcher in (("one", [sys.executable, "-m"]), ("two", torchrun)):
+        proposals = tmp_path / f"proposals-{name}"
+        shutil.copytree(cache.folder.parent, proposals)
+        if name == "two":  # four images without cached proposals: the ranks compute them
+            for image_id in read_image_set(year_dir, "trainval")[2:6]:
+                ProposalCache(proposals, "fast").path(image_id).unlink()
+        cmd = [*launcher, *common, "--out", str(tmp_path / name), "--proposals", str(proposals)]
+        proc = subprocess.run(cmd, cwd=REPO_ROOT, env=subprocess_env, capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        (path,) = (tmp_path / name).glob("det_*.json")
+        records[name] = read_record(path)
+    one, two = records["one"], records["two"]
+    assert one["config"]["world_size"] == 1 and two["config"]["world_size"] == 2
+    assert two["extra"]["proposals"]["computed"] == 4 and one["extra"]["proposals"]["computed"] == 0
+    assert one["extra"]["detections"] > 0 and two["extra"]["detections"] == one["extra"]["detections"]
+    assert two["metrics"]["mAP"] == one["metrics"]["mAP"] and two["per_class"] == one["per_class"]
+    assert two["metrics"]["mAP_py_faster_rcnn"] == one["metrics"]["mAP_py_faster_rcnn"]

@@ -80,12 +80,34 @@ def test_iou_uses_the_devkits_inclusive_pixel_convention() -> None:
     truth = {"a": gt([[0, 0, 9, 19]])}
     # inclusive: 10x10 inside 10x20 -> IoU 100 / 200 = 0.5 (a hit); exclusive areas would give 81 / 171 < 0.5
     assert match_detections(dets([("a", 1.0, G1)]), truth)[0].tolist() == [1]
+    # py-faster-rcnn's voc_eval tests ovmax > 0.5: the same detection is a false positive there
+    tp, fp, _ = match_detections(dets([("a", 1.0, G1)]), truth, convention="py-faster-rcnn")
+    assert tp.tolist() == [0] and fp.tolist() == [1]
+    assert voc_detection_ap(dets([("a", 1.0, G1)]), truth) == pytest.approx(1.0)
+    assert voc_detection_ap(dets([("a", 1.0, G1)]), truth, convention="py-faster-rcnn") == 0.0
 
 
 def test_eleven_point_thresholds_round_like_the_devkit() -> None:
-    # 0:0.1:1 makes the fourth threshold 0.30000000000000004, so recall exactly 0.3 only reaches 0, .1, .2
-    assert voc07_11point_ap(np.array([0.3]), np.array([1.0])) == pytest.approx(3 / 11)
-    assert voc07_11point_ap(np.array([0.5]), np.array([1.0])) == pytest.approx(6 / 11)
+    # MATLAB's 0:0.1:1 makes the fourth level 0.30000000000000004, so recall exactly 0.3 only reaches 0, .1, .2
+    for convention in ("devkit", "py-faster-rcnn"):
+        assert voc07_11point_ap(np.array([0.3]), np.array([1.0]), convention) == pytest.approx(3 / 11)  # type: ignore[arg-type]
+        assert voc07_11point_ap(np.array([0.5]), np.array([1.0]), convention) == pytest.approx(6 / 11)  # type: ignore[arg-type]
+    # ... but its 7th level is 0.6 itself (1 - 4 * 0.1), where np.arange has 0.6000000000000001
+    assert voc07_11point_ap(np.array([0.6]), np.array([1.0])) == pytest.approx(7 / 11)
+    assert voc07_11point_ap(np.array([0.6]), np.array([1.0]), "py-faster-rcnn") == pytest.approx(6 / 11)
+
+
+def test_recall_landing_on_a_level_through_the_matching() -> None:
+    # five objects in five images; detections hit three of them (recall 3/5), then two false positives
+    truth = {f"i{k}": gt([G1]) for k in range(5)}
+    d = dets([(f"i{k}", 1.0 - 0.1 * k, G1) for k in range(3)] + [("i3", 0.2, FAR), ("i4", 0.1, FAR)])
+    # devkit: levels 0..0.6 (7 of 11) reach precision 1; py-faster-rcnn: 0..0.5 (6 of 11)
+    assert voc_detection_ap(d, truth) == pytest.approx(7 / 11)
+    assert voc_detection_ap(d, truth, convention="py-faster-rcnn") == pytest.approx(6 / 11)
+    result = evaluate_detections({"c": d}, {"c": truth}, ["c"])
+    assert result["mAP"] == pytest.approx(700 / 11) and result["mAP_py_faster_rcnn"] == pytest.approx(600 / 11)
+    with pytest.raises(ValueError, match="unknown AP convention"):
+        match_detections(d, truth, convention="matlab")  # type: ignore[arg-type]
 
 
 def test_detection_in_an_image_without_ground_truth_is_a_false_positive() -> None:

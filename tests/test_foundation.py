@@ -188,3 +188,21 @@ def test_records_roundtrip_and_never_overwrite(tmp_path: Path) -> None:
     (tmp_path / "bad.json").write_text(json.dumps(bad))
     with pytest.raises(RecordError, match=r"bad.json: missing field 'seed'"):
         read_record(tmp_path / "bad.json")
+
+
+def test_bench_version_prints_version_and_commit() -> None:
+    import subprocess
+    import sys
+
+    from pretrain import __version__
+
+    repo = Path(__file__).resolve().parent.parent
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.cli", "--version"], capture_output=True, text=True, check=True, cwd=repo
+    ).stdout
+    assert out.startswith(f"bench (context-encoders-bench) {__version__}, ")
+    if (repo / ".git").exists():
+        head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True)
+        assert f"commit {head.stdout.strip()}" in out
+    else:
+        assert "commit unknown" in out

@@ -108,6 +108,39 @@ def test_export_loads_in_timm_offline(run20: Path, monkeypatch: pytest.MonkeyPat
     assert clf(torch.zeros(1, 3, 227, 227)).shape == (1, 20)
 
 
+def test_timm_features_only_and_data_config(run20: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import timm
+    from PIL import Image
+
+    import pretrain.timm_models  # noqa: F401  (registers alexnet_context_encoder)
+
+    file = str(run20 / "encoder.safetensors")
+    overlay = dict(file=file)
+    model = timm.create_model("alexnet_context_encoder", pretrained=True, pretrained_cfg_overlay=overlay).eval()
+    feats = timm.create_model(
+        "alexnet_context_encoder", pretrained=True, features_only=True, pretrained_cfg_overlay=overlay
+    ).eval()
+    x = torch.randn(2, 3, 227, 227)
+    maps = feats(x)
+    assert [m.shape[1:] for m in maps] == [(64, 56, 56), (192, 27, 27), (384, 13, 13), (256, 13, 13), (256, 13, 13)]
+    assert feats.feature_info.reduction() == [4, 8, 16, 16, 16]
+    with torch.no_grad():
+        assert torch.allclose(maps[4], model.features[:12](x))  # conv5 after ReLU, from the exported weights
+        assert torch.allclose(maps[0], model.features[:2](x))
+    two = timm.create_model("alexnet_context_encoder", features_only=True, out_indices=(1, 3))
+    assert [m.shape[1] for m in two(x)] == [192, 256]
+    # the data config reproduces pretraining's input: RGB in [-1, 1] at 227 px
+    transform = timm.data.create_transform(**timm.data.resolve_data_config(model=model))
+    white = transform(Image.new("RGB", (300, 250), (255, 255, 255)))
+    black = transform(Image.new("RGB", (300, 250), (0, 0, 0)))
+    assert (
+        white.shape == (3, 227, 227) and torch.allclose(white, torch.ones(1)) and torch.allclose(black, -torch.ones(1))
+    )
+    head = timm.create_model("alexnet_context_encoder", num_classes=7)
+    assert head(x).shape == (2, 7) and head.get_classifier()[-1].out_features == 7
+
+
 def test_transfer_weights_read_the_run_folder(run20: Path) -> None:
     from transfer.weights import load_alexnet_trunk
 

@@ -75,3 +75,29 @@ def test_smoke_svm_probe_writes_record(voc_root: Path, tmp_path: Path) -> None:
     with_positives = {c for k, c in enumerate(VOC_CLASSES) if any(i.labels[k] > 0 for i in items)}
     assert set(rec["per_class"]) == {"AP_conv2", "AP_conv5"} and set(rec["per_class"]["AP_conv5"]) == with_positives
     assert set(rec["extra"]["chosen_costs"]["conv5"].values()) <= {0.1, 10.0}
+
+
+def test_two_process_torchrun_gives_the_same_map(
+    voc_root: Path, tmp_path: Path, subprocess_env: dict[str, str]
+) -> None:
+    """2 gloo ranks extract the features of half the images each and fit the SVMs of half the classes each; the
+    gathered features and APs must equal a single process's."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO_ROOT
+
+    common = ["benchmarks.cli", "transfer", "--task", "svm", "--voc-root", str(voc_root), "--weights", "random"]
+    common += ["--preset", "smoke", "--svm-layers", "conv2,conv5", "--device", "cpu"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m"]
+    records = {}
+    for name, launcher in (("one", [sys.executable, "-m"]), ("two", torchrun)):
+        cmd = [*launcher, *common, "--out", str(tmp_path / name)]
+        proc = subprocess.run(cmd, cwd=REPO_ROOT, env=subprocess_env, capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        (path,) = (tmp_path / name).glob("*.json")
+        records[name] = read_record(path)
+    one, two = records["one"], records["two"]
+    assert one["config"]["world_size"] == 1 and two["config"]["world_size"] == 2
+    assert two["metrics"] == one["metrics"] and two["per_class"] == one["per_class"]
+    assert two["extra"]["chosen_costs"] == one["extra"]["chosen_costs"]

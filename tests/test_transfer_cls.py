@@ -168,6 +168,9 @@ def test_smoke_finetune_writes_record_and_counts_skips(voc_root: Path, tmp_path:
     assert rec["train_split"] == "trainval" and rec["eval_split"] == "test"
     assert rec["primary_metric"] == "mAP" and rec["metrics"]["mAP"] == rec["metrics"]["mAP_2crop"]
     assert {"mAP_1crop", "mAP_2crop_voc07", "mAP_1crop_voc07"} <= set(rec["metrics"])  # smoke: 2 random crops
+    # both Krähenbühl variants are stored; the scikit-learn <= 0.18 trapezoids never exceed the step-wise sum
+    assert rec["metrics"]["mAP_2crop"] <= rec["metrics"]["mAP_2crop_stepwise"] + 1e-9
+    assert rec["config"]["ap_method"] == "krahenbuhl" and rec["protocol"]["version"] == 2
     assert rec["per_class"]["AP"] == rec["per_class"]["AP_2crop"]
     test_items, _ = load_classification_items(ydir, "test", VOC_CLASSES, skip_bad=True)
     with_positives = {c for k, c in enumerate(VOC_CLASSES) if any(i.labels[k] > 0 for i in test_items)}
@@ -248,3 +251,32 @@ def test_torchvision_fc6_fc7_are_used_when_present() -> None:
     assert torch.equal(model.fc("fc8").weight.detach(), fc8_before)
     clipped = build_classifier(load_alexnet_trunk("random")[0], 20, FinetuneConfig(clip="pool5"), seed=0)
     assert load_pretrained_fc(clipped, state) == []
+
+
+def _bench(args: list[str], env: dict[str, str], nproc: int = 1) -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO_ROOT
+
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), "-m"]
+    cmd = [*(launcher if nproc > 1 else [sys.executable, "-m"]), "benchmarks.cli", *args]
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_two_process_torchrun_gives_the_same_map(
+    voc_root: Path, tmp_path: Path, subprocess_env: dict[str, str]
+) -> None:
+    """1 process and 2 gloo ranks fine-tune the same seeded network at lr 0 (DDP steps that leave the weights as
+    they are) and score the test images, each rank its share: the gathered scores, so every AP, must be equal."""
+    common = ["transfer", "--task", "cls", "--voc-root", str(voc_root), "--weights", "random", "--preset", "smoke"]
+    common += ["--device", "cpu", "--lr", "0"]
+    _bench([*common, "--out", str(tmp_path / "one")], subprocess_env)
+    _bench([*common, "--out", str(tmp_path / "two")], subprocess_env, nproc=2)
+    (one,) = [read_record(p) for p in (tmp_path / "one").glob("*.json")]
+    (two,) = [read_record(p) for p in (tmp_path / "two").glob("*.json")]
+    assert one["config"]["world_size"] == 1 and two["config"]["world_size"] == 2
+    keys = [k for k in one["metrics"] if k.startswith("mAP")]
+    assert len(keys) >= 6 and {k: two["metrics"][k] for k in keys} == {k: one["metrics"][k] for k in keys}
+    assert two["per_class"] == one["per_class"]

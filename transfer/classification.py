@@ -37,6 +37,7 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from pretrain.distributed import DistributedContext, all_reduce_sum
 from transfer.input_norm import normalize_image
 from transfer.voc import (
     VOC_CLASSES,
@@ -418,11 +419,19 @@ def finetune(
     cfg: FinetuneConfig,
     device: torch.device,
     progress: Callable[[int, dict[str, float]], None] | None = None,
+    ctx: DistributedContext | None = None,
 ) -> dict[str, float]:
-    """Run ``cfg.iterations`` SGD steps; abort on a non-finite loss. Returns summary statistics."""
+    """Run ``cfg.iterations`` SGD steps; abort on a non-finite loss. Returns summary statistics.
+
+    Under torchrun (``ctx.distributed``) the model is wrapped in DistributedDataParallel, which first copies rank
+    0's weights to every rank and then averages gradients; ``loader`` must yield this rank's share of each global
+    batch (:class:`pretrain.distributed.RankBatches`), so that the averaged gradient is the global batch's."""
     model.to(device).train()
     if cfg.train_from != "all":
         model.features.eval()  # frozen trunk (no dropout/BN inside; kept explicit)
+    net: nn.Module = model
+    if ctx is not None and ctx.distributed:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     opt = make_optimizer(model, cfg)
     params = [p for g in opt.param_groups for p in g["params"]]
     batches = _forever(loader)
@@ -434,9 +443,11 @@ def finetune(
             g["lr"] = lr * g["lr_mult"]
         images, labels = next(batches)
         try:
-            value, grad_norm = train_step(model, opt, params, images, labels, cfg, device)
+            value, grad_norm = train_step(net, opt, params, images, labels, cfg, device)
         except FloatingPointError as exc:
             raise FloatingPointError(f"{exc} at iteration {it}; lower --lr or check weights") from exc
+        if net is not model:  # report the global batch's loss (the mean of the ranks' equal shares)
+            value = float(all_reduce_sum(torch.tensor([value], dtype=torch.float64))[0]) / ctx.world_size  # type: ignore[union-attr]
         first = value if it == 0 else first
         last = value
         ema = value if math.isnan(ema) else 0.95 * ema + 0.05 * value

@@ -5,16 +5,22 @@ removed before ranking, so they count neither as true nor as false positives.
 
 Definitions (``method``):
 
-- ``"krahenbuhl"`` (default of the fine-tuning protocol): scikit-learn's ``average_precision_score`` on the
-  non-ignored entries, ``AP = sum_n (R_n - R_{n-1}) P_n`` over the distinct score thresholds, with exact ties broken
-  *pessimistically* (a positive tied with a negative is ranked after it). This is what Krähenbühl et al.'s
-  ``voc-classification`` evaluation does by subtracting ``1e-5 * label`` from the scores before calling scikit-learn;
-  here the tie-break is exact (no epsilon that could reorder scores closer than 1e-5).
-- ``"sklearn"``: plain ``average_precision_score``: tied scores form one threshold (precision at the end of the tie
-  group is credited to all positives of the group).
-- ``"voc07"``: the VOC2007 devkit's 11-point interpolated AP (``VOCevalcls.m``): mean over recall levels
-  ``t = 0, 0.1, ..., 1`` of the best precision at recall ``>= t`` (0 when unreached); ties in input order
-  (stable sort, as MATLAB's ``sort``). Offered for reference.
+- ``"krahenbuhl"`` (default of the fine-tuning protocol): what Krähenbühl et al.'s ``train_cls.py`` computed when
+  the published numbers were made. It calls scikit-learn's ``average_precision_score`` on the non-ignored entries
+  with ``1e-5 * label`` subtracted from the scores, so a positive tied with a negative is ranked after it
+  (pessimistic ties; here the tie-break is exact, with no epsilon that could reorder scores closer than 1e-5).
+  scikit-learn up to 0.18 (the versions of 2014-2016) defined that function as ``auc(recall, precision)`` over
+  ``precision_recall_curve``: the **trapezoidal** area through the points ``(0, 1)``, then ``(R_n, P_n)`` at each
+  distinct threshold in decreasing order up to the first one that reaches full recall. 0.19 replaced it by the
+  step-wise sum below. With pessimistic ties every threshold group is all-positive or all-negative, so the
+  trapezoidal area is never larger than the step-wise sum (precision rises within a positive group).
+- ``"krahenbuhl_stepwise"``: the same call on scikit-learn 0.19 and later: ``AP = sum_n (R_n - R_{n-1}) P_n``
+  over the same pessimistic threshold groups.
+- ``"sklearn"``: today's plain ``average_precision_score``: step-wise, tied scores form one threshold (precision
+  at the end of the tie group is credited to all positives of the group).
+- ``"voc07"``: the VOC2007 devkit's 11-point interpolated AP (``VOCevalcls.m``): mean over the recall levels of
+  MATLAB's ``0:0.1:1`` (:mod:`transfer.voc_devkit`) of the best precision at recall ``>= t`` (0 when unreached);
+  ties in input order (stable sort, as MATLAB's ``sort``).
 - ``"voc_area"``: the VOC2010+ area under the monotone precision envelope (all recall points), which Goyal et al.'s
   SVM benchmark reports; ties in input order.
 
@@ -30,8 +36,11 @@ from typing import Literal
 
 import numpy as np
 
-APMethod = Literal["krahenbuhl", "sklearn", "voc07", "voc_area"]
-AP_METHODS: tuple[str, ...] = ("krahenbuhl", "sklearn", "voc07", "voc_area")
+from transfer.voc_devkit import DEVKIT_RECALL_LEVELS, eleven_point_ap
+
+APMethod = Literal["krahenbuhl", "krahenbuhl_stepwise", "sklearn", "voc07", "voc_area"]
+AP_METHODS: tuple[str, ...] = ("krahenbuhl", "krahenbuhl_stepwise", "sklearn", "voc07", "voc_area")
+PESSIMISTIC_TIES: frozenset[str] = frozenset({"krahenbuhl", "krahenbuhl_stepwise"})
 
 
 def _ranked(scores: np.ndarray, labels: np.ndarray, pessimistic: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -52,27 +61,48 @@ def _ranked(scores: np.ndarray, labels: np.ndarray, pessimistic: bool) -> tuple[
     return s[order], pos[order]
 
 
+def _threshold_groups(s: np.ndarray, pos: np.ndarray, split_by_label: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Cumulative (TP, FP) at the last entry of each threshold group of the ranked entries (scikit-learn's
+    ``_binary_clf_curve``); ``split_by_label`` makes a positive/negative tie two groups (the epsilon trick)."""
+    tp = np.cumsum(pos, dtype=np.float64)
+    fp = np.cumsum(~pos, dtype=np.float64)
+    change = np.diff(s) != 0
+    if split_by_label:
+        change |= np.diff(pos.astype(np.int8)) != 0
+    ends = np.r_[np.flatnonzero(change), len(s) - 1]
+    return tp[ends], fp[ends]
+
+
+def _trapezoid_ap(tp: np.ndarray, fp: np.ndarray) -> float:
+    """scikit-learn <= 0.18: ``auc(recall, precision)`` over ``precision_recall_curve``, i.e. ``np.trapz`` along the
+    curve reversed to decreasing recall, cut at the first full-recall point, with ``(recall 0, precision 1)``
+    appended, times -1 (``auc``'s direction for a decreasing x)."""
+    precision, recall = tp / (tp + fp), tp / tp[-1]
+    last = int(np.searchsorted(tp, tp[-1]))
+    x = np.r_[recall[last::-1], 0.0]
+    y = np.r_[precision[last::-1], 1.0]
+    return float(-(np.diff(x) * (y[1:] + y[:-1]) / 2.0).sum())
+
+
 def average_precision(scores: np.ndarray, labels: np.ndarray, method: APMethod = "krahenbuhl") -> float:
     """AP of one class: ``scores [N]`` (higher = more confident), ``labels [N]`` in {1, 0 ignore, -1}."""
     if method not in AP_METHODS:
         raise ValueError(f"unknown AP method {method!r}; choose one of {AP_METHODS}")
-    s, pos = _ranked(scores, labels, pessimistic=method == "krahenbuhl")
+    pessimistic = method in PESSIMISTIC_TIES
+    s, pos = _ranked(scores, labels, pessimistic=pessimistic)
     if not pos.any():
         return math.nan
-    tp = np.cumsum(pos, dtype=np.float64)
-    fp = np.cumsum(~pos, dtype=np.float64)
-    if method in ("krahenbuhl", "sklearn"):
-        change = np.diff(s) != 0
+    if method in ("krahenbuhl", "krahenbuhl_stepwise", "sklearn"):
+        tp, fp = _threshold_groups(s, pos, split_by_label=pessimistic)
         if method == "krahenbuhl":
-            change |= np.diff(pos.astype(np.int8)) != 0
-        ends = np.r_[np.flatnonzero(change), len(s) - 1]  # last entry of each threshold group
-        tp, fp = tp[ends], fp[ends]
+            return _trapezoid_ap(tp, fp)
         precision, recall = tp / (tp + fp), tp / tp[-1]
         return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+    tp = np.cumsum(pos, dtype=np.float64)
+    fp = np.cumsum(~pos, dtype=np.float64)
     precision, recall = tp / (tp + fp), tp / tp[-1]
     if method == "voc07":
-        levels = np.linspace(0.0, 1.0, 11)
-        return float(np.mean([precision[recall >= t].max() if np.any(recall >= t) else 0.0 for t in levels]))
+        return eleven_point_ap(recall, precision, DEVKIT_RECALL_LEVELS)
     # voc_area: precision envelope, summed over the recall steps
     envelope = np.maximum.accumulate(precision[::-1])[::-1]
     return float(np.sum(np.diff(np.r_[0.0, recall]) * envelope))

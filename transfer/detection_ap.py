@@ -1,4 +1,4 @@
-"""PASCAL VOC detection average precision, computed exactly as the VOC devkit does.
+"""PASCAL VOC detection average precision, computed exactly as the VOC devkit does (and as py-faster-rcnn does).
 
 ``VOCevaldet.m`` (VOCdevkit 2007, and the same matching in 2010-2012):
 
@@ -15,8 +15,17 @@
 IoU uses the devkit's inclusive pixel convention: a box ``[x1, y1, x2, y2]`` covers ``(x2 - x1 + 1) * (y2 - y1 + 1)``
 pixels, and the intersection width is ``min(x2) - max(x1) + 1`` (ignored when not positive).
 
-Two AP definitions are provided: the 11-point interpolated AP of VOC2007 (``VOCap07``, the one the paper's Table 2
-reports) and the area under the monotone precision envelope of VOC2010 and later (``VOCap``).
+Two AP definitions are provided: the 11-point interpolated AP of VOC2007 (the loop in ``VOCevaldet.m``, the one the
+paper's Table 2 reports), with the recall levels of MATLAB's ``0:0.1:1`` (:mod:`transfer.voc_devkit`), and the area
+under the monotone precision envelope of VOC2010 and later (``VOCap``).
+
+Conventions (``convention``): ``"devkit"`` (default) is the MATLAB devkit as above, which produced the Fast R-CNN
+numbers of the paper. ``"py-faster-rcnn"`` is py-faster-rcnn's Python ``voc_eval.py``, which differs in three places:
+the IoU test is ``ovmax > 0.5`` (a detection at exactly 0.5 is a false positive), the 11 levels are
+``np.arange(0., 1.1, 0.1)`` (0.6000000000000001 and 0.7000000000000001, so a recall of exactly 3/5 or 7/10 misses
+a level), and detections are ordered by ``np.argsort(-confidence)``, numpy's default sort, which does not promise
+to keep tied detections in their given order. Its IoU (inclusive pixels), its matching to the highest-IoU box and
+its handling of difficult and duplicate detections are the devkit's.
 
 Boxes here are 0-based (``transfer.voc`` subtracts 1 from the XML values); the +1 convention is unaffected by the
 offset. A class without any non-difficult ground truth has an undefined AP: :func:`voc_detection_ap` returns
@@ -28,8 +37,14 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
+
+from transfer.voc_devkit import DEVKIT_RECALL_LEVELS, NUMPY_RECALL_LEVELS, eleven_point_ap
+
+APConvention = Literal["devkit", "py-faster-rcnn"]
+AP_CONVENTIONS: tuple[str, ...] = ("devkit", "py-faster-rcnn")
 
 
 @dataclass(frozen=True)
@@ -53,17 +68,14 @@ class ClassDetections:
         return ClassDetections([], np.zeros(0, np.float64), np.zeros((0, 4), np.float64))
 
 
-def voc07_11point_ap(recall: np.ndarray, precision: np.ndarray) -> float:
-    """VOC2007 AP: mean over t in {0, 0.1, ..., 1} of the highest precision at recall >= t (0 if none).
+def voc07_11point_ap(recall: np.ndarray, precision: np.ndarray, convention: APConvention = "devkit") -> float:
+    """VOC2007 AP: mean over the 11 recall levels of the highest precision at recall >= t (0 if none).
 
-    The thresholds are built as the devkit's ``0:0.1:1`` (and py-faster-rcnn's ``np.arange(0., 1.1, 0.1)``), float
-    rounding included: e.g. the fourth is 0.30000000000000004, so a recall of exactly 3/10 does not reach it.
+    ``devkit``: the levels of MATLAB's ``0:0.1:1`` (0.6 and 0.7 exact, 0.30000000000000004); ``py-faster-rcnn``:
+    ``np.arange(0., 1.1, 0.1)`` (also 0.6000000000000001 and 0.7000000000000001). See :mod:`transfer.voc_devkit`.
     """
-    ap = 0.0
-    for t in np.arange(0.0, 1.1, 0.1):
-        mask = recall >= t
-        ap += float(precision[mask].max()) if mask.any() else 0.0
-    return ap / 11.0
+    levels = DEVKIT_RECALL_LEVELS if convention == "devkit" else NUMPY_RECALL_LEVELS
+    return eleven_point_ap(recall, precision, levels)
 
 
 def voc_auc_ap(recall: np.ndarray, precision: np.ndarray) -> float:
@@ -86,12 +98,23 @@ def box_iou_inclusive(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return inter / (area + areas - inter)
 
 
+def _check_convention(convention: str) -> None:
+    if convention not in AP_CONVENTIONS:
+        raise ValueError(f"unknown AP convention {convention!r}; choose one of {AP_CONVENTIONS}")
+
+
 def match_detections(
-    detections: ClassDetections, ground_truth: Mapping[str, GroundTruth], iou_threshold: float = 0.5
+    detections: ClassDetections,
+    ground_truth: Mapping[str, GroundTruth],
+    iou_threshold: float = 0.5,
+    convention: APConvention = "devkit",
 ) -> tuple[np.ndarray, np.ndarray, int]:
-    """Devkit matching of one class: ``(tp [D], fp [D], npos)`` in decreasing-score order (see module docstring)."""
+    """Matching of one class: ``(tp [D], fp [D], npos)`` in decreasing-score order (see module docstring)."""
+    _check_convention(convention)
     npos = int(sum(int((~g.difficult.astype(bool)).sum()) for g in ground_truth.values()))
-    order = np.argsort(-np.asarray(detections.scores, dtype=np.float64), kind="stable")
+    negated = -np.asarray(detections.scores, dtype=np.float64)
+    # MATLAB's sort is stable; py-faster-rcnn calls numpy's default sort (no promise for ties)
+    order = np.argsort(negated, kind="stable") if convention == "devkit" else np.argsort(negated)
     detected = {k: np.zeros(len(g.boxes), bool) for k, g in ground_truth.items()}
     tp = np.zeros(len(order))
     fp = np.zeros(len(order))
@@ -103,7 +126,8 @@ def match_detections(
             continue
         ious = box_iou_inclusive(boxes[i], np.asarray(gt.boxes, dtype=np.float64).reshape(-1, 4))
         j = int(np.argmax(ious))  # first maximum, as MATLAB's max
-        if ious[j] >= iou_threshold:
+        hit = ious[j] >= iou_threshold if convention == "devkit" else ious[j] > iou_threshold
+        if hit:
             if bool(gt.difficult[j]):
                 continue  # neither TP nor FP
             if not detected[detections.image_ids[i]][j]:
@@ -121,15 +145,16 @@ def voc_detection_ap(
     ground_truth: Mapping[str, GroundTruth],
     iou_threshold: float = 0.5,
     use_07_metric: bool = True,
+    convention: APConvention = "devkit",
 ) -> float:
     """AP (fraction in [0, 1]) of one class; ``nan`` when the class has no non-difficult ground truth."""
-    tp, fp, npos = match_detections(detections, ground_truth, iou_threshold)
+    tp, fp, npos = match_detections(detections, ground_truth, iou_threshold, convention)
     if npos == 0:
         return math.nan
     ctp, cfp = np.cumsum(tp), np.cumsum(fp)
     recall = ctp / npos
     precision = ctp / np.maximum(ctp + cfp, np.finfo(np.float64).eps)
-    return voc07_11point_ap(recall, precision) if use_07_metric else voc_auc_ap(recall, precision)
+    return voc07_11point_ap(recall, precision, convention) if use_07_metric else voc_auc_ap(recall, precision)
 
 
 def evaluate_detections(
@@ -138,14 +163,17 @@ def evaluate_detections(
     classes: Sequence[str],
     iou_threshold: float = 0.5,
 ) -> dict[str, object]:
-    """Per-class AP (11-point VOC07 and AUC, both in percent), their means and the classes left out of the means.
+    """Per-class AP (percent) under each convention, their means and the classes left out of the means.
 
     ``detections[cls]`` holds every detection of a class; ``ground_truth[cls][image_id]`` every evaluated image
     (images without objects of the class have empty entries or none). Returns ``{"ap07": {cls: %}, "ap_auc":
-    {cls: %}, "mAP": %, "mAP_auc": %, "classes_without_gt": [...]}``.
+    {cls: %}, "ap07_py_faster_rcnn": {cls: %}, "mAP": %, "mAP_auc": %, "mAP_py_faster_rcnn": %,
+    "classes_without_gt": [...]}``: ``ap07``/``ap_auc`` are the devkit's 11-point and area-under-curve APs,
+    ``ap07_py_faster_rcnn`` the 11-point AP of py-faster-rcnn's ``voc_eval``.
     """
     ap07: dict[str, float] = {}
     ap_auc: dict[str, float] = {}
+    ap07_py: dict[str, float] = {}
     without_gt: list[str] = []
     for cls in classes:
         dets = detections.get(cls, ClassDetections.empty())
@@ -156,10 +184,17 @@ def evaluate_detections(
             continue
         ap07[cls] = 100.0 * a07
         ap_auc[cls] = 100.0 * voc_detection_ap(dets, gts, iou_threshold, use_07_metric=False)
+        ap07_py[cls] = 100.0 * voc_detection_ap(dets, gts, iou_threshold, convention="py-faster-rcnn")
+
+    def mean(values: dict[str, float]) -> float:
+        return float(np.mean(list(values.values()))) if values else 0.0
+
     return {
         "ap07": ap07,
         "ap_auc": ap_auc,
-        "mAP": float(np.mean(list(ap07.values()))) if ap07 else 0.0,
-        "mAP_auc": float(np.mean(list(ap_auc.values()))) if ap_auc else 0.0,
+        "ap07_py_faster_rcnn": ap07_py,
+        "mAP": mean(ap07),
+        "mAP_auc": mean(ap_auc),
+        "mAP_py_faster_rcnn": mean(ap07_py),
         "classes_without_gt": without_gt,
     }

@@ -12,7 +12,21 @@ from typing import Any, NamedTuple
 
 TITLE = "VOC2007 classification fine-tuning (Krähenbühl et al. 2015 protocol)"
 PROTOCOL_ID = "voc07-cls-finetune"
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # v2: krahenbuhl AP = scikit-learn <= 0.18's trapezoids; VOC07 thresholds as MATLAB's 0:0.1:1
+
+#: What each --cls-ap definition is, for the record's description.
+AP_DESCRIPTIONS = {
+    "krahenbuhl": "Krähenbühl's evaluation on scikit-learn <= 0.18 (trapezoidal PR area, ties pessimistic)",
+    "krahenbuhl_stepwise": "Krähenbühl's evaluation on scikit-learn >= 0.19 (step-wise PR sum, ties pessimistic)",
+    "sklearn": "scikit-learn >= 0.19 average_precision_score",
+}
+#: Record key suffix of each AP definition stored besides the primary one.
+AP_SUFFIXES = {
+    "krahenbuhl": "_krahenbuhl",
+    "krahenbuhl_stepwise": "_stepwise",
+    "sklearn": "_sklearn",
+    "voc07": "_voc07",
+}
 
 
 def add_once(group: argparse._ArgumentGroup, *flags: str, **kwargs: Any) -> None:
@@ -103,10 +117,12 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument(
         "--cls-ap",
         default="krahenbuhl",
-        choices=["krahenbuhl", "sklearn"],
-        help="AP definition of the primary metrics: krahenbuhl = scikit-learn AP with ties broken pessimistically "
-        "(their evaluation code), sklearn = plain average_precision_score; VOC07 11-point mAP is always "
-        "stored too",
+        choices=["krahenbuhl", "krahenbuhl_stepwise", "sklearn"],
+        help="AP definition of the primary metrics: krahenbuhl = what Krähenbühl et al.'s evaluation computed with "
+        "the scikit-learn of its day (<= 0.18: trapezoidal area under the precision-recall curve, ties broken "
+        "pessimistically); krahenbuhl_stepwise = the same call on scikit-learn >= 0.19 (step-wise sum); sklearn = "
+        "today's plain average_precision_score. The other krahenbuhl variant and the VOC07 11-point mAP (as the "
+        "devkit) are always stored too",
     )
     group.add_argument(
         "--cls-pretrained-fc",
@@ -168,18 +184,68 @@ def _save_model(model: Any, out: str, name: str, cfg: Any, weights: dict[str, An
                               "config": cfg.to_dict(), "weights": weights}, path)  # fmt: skip
 
 
+def _stored_ap_methods(primary: str) -> list[tuple[str, str]]:
+    """(AP definition, metric key suffix) pairs a record stores: the primary one (no suffix), both Krähenbühl
+    variants (so that a record can be compared with numbers made on either scikit-learn) and VOC07."""
+    methods = [primary] + [m for m in ("krahenbuhl", "krahenbuhl_stepwise", "voc07") if m != primary]
+    return [(m, "" if m == primary else AP_SUFFIXES[m]) for m in methods]
+
+
+def _quiet(*_: object, **__: object) -> None:
+    """``print`` on ranks other than 0."""
+
+
 def _pct(x: float) -> float:
     return 100.0 * x
 
 
 def run(args: argparse.Namespace) -> int:
+    """One process, or every rank of a torchrun launch (rank 0 prints and writes the record)."""
+    from pretrain.distributed import cleanup_distributed, init_distributed
+
+    ctx = init_distributed(args.device)
+    try:
+        return _run(args, ctx)
+    finally:
+        cleanup_distributed()
+
+
+def _train_loader(dataset: Any, batch_size: int, seed: int, workers: int, ctx: Any, pin: bool) -> Any:
+    """Seeded shuffled batches; under torchrun every rank draws the same global batches and takes its share."""
     import torch
-    from torch.utils.data import DataLoader
+    from torch.utils.data import BatchSampler, DataLoader, RandomSampler
+
+    from pretrain.distributed import RankBatches
+
+    gen = torch.Generator().manual_seed(seed)
+    batches: Any = BatchSampler(RandomSampler(dataset, generator=gen), batch_size, len(dataset) >= batch_size)
+    loader_gen = gen
+    if ctx.distributed:
+        if batch_size % ctx.world_size or len(dataset) < batch_size:
+            raise SystemExit(
+                f"error: --batch-size {batch_size} must be a multiple of the {ctx.world_size} processes and at most "
+                f"the {len(dataset)} training images"
+            )
+        batches = RankBatches(batches, ctx.rank, ctx.world_size)
+        loader_gen = torch.Generator().manual_seed(seed * 1000 + ctx.rank)  # worker seeds differ between ranks
+    return DataLoader(
+        dataset,
+        batch_sampler=batches,
+        num_workers=workers,
+        generator=loader_gen,
+        persistent_workers=workers > 0,
+        pin_memory=pin,
+    )
+
+
+def _run(args: argparse.Namespace, ctx: Any) -> int:
+    import torch
+    from torch.utils.data import DataLoader, Subset
     from tqdm import tqdm
 
     from benchmarks.presets import apply_preset
     from benchmarks.presets.cls import PRESETS
-    from pretrain.distributed import resolve_device
+    from pretrain.distributed import gather_rows, shard_indices
     from pretrain.runinfo import utc_now_iso
     from transfer.classification import (
         FinetuneConfig,
@@ -198,7 +264,8 @@ def run(args: argparse.Namespace) -> int:
     started, t0 = utc_now_iso(), time.perf_counter()
     apply_preset(args, PRESETS, args.preset)
     torch.manual_seed(args.seed)
-    device = resolve_device(args.device)
+    device = ctx.device
+    log = print if ctx.is_main else _quiet
     (train_split, eval_split, classes, train_items, skipped_train, eval_items, skipped_eval, trunk, winfo) = (
         load_voc07_inputs(args)
     )
@@ -224,27 +291,22 @@ def run(args: argparse.Namespace) -> int:
 
         pretrained_fc = load_pretrained_fc(model, load_checkpoint(winfo.source))
         if pretrained_fc:
-            print(f"fc layers from {winfo.source}: {', '.join(pretrained_fc)}")
+            log(f"fc layers from {winfo.source}: {', '.join(pretrained_fc)}")
     try:
         trained = model.set_trainable(cfg.train_from)
     except ValueError as exc:
         raise SystemExit(f"error: {exc}") from exc
-    gen = torch.Generator().manual_seed(args.seed)
-    train_loader = DataLoader(
-        VOCClassificationTrain(train_items, cfg),
-        batch_size=cfg.batch_size,
-        shuffle=True,
-        drop_last=len(train_items) >= cfg.batch_size,
-        num_workers=args.workers,
-        generator=gen,
-        persistent_workers=args.workers > 0,
-        pin_memory=device.type == "cuda",
+    if ctx.distributed:  # augmentation and dropout differ between ranks, reproducibly
+        torch.manual_seed(args.seed * 1000 + ctx.rank)
+    train_loader = _train_loader(
+        VOCClassificationTrain(train_items, cfg), cfg.batch_size, args.seed, args.workers, ctx, device.type == "cuda"
     )
-    print(
+    log(
         f"cls: {len(train_items)} {train_split} / {len(eval_items)} {eval_split} images, {len(classes)} classes, "
         f"weights {winfo.source} ({winfo.method}), device {device}, trained params: {len(trained)} tensors"
+        + (f", {ctx.world_size} processes" if ctx.distributed else "")
     )
-    print("config: " + ", ".join(f"{k}={v}" for k, v in sorted(cfg.to_dict().items())))
+    log("config: " + ", ".join(f"{k}={v}" for k, v in sorted(cfg.to_dict().items())))
 
     rescale_report: dict[str, Any] | None = None
     if args.rescale:
@@ -263,31 +325,38 @@ def run(args: argparse.Namespace) -> int:
             pretrained_fc=pretrained_fc,
         )
         scales = zip(rescale_report["layers"], rescale_report["weight_scale"])
-        print("rescale: " + ", ".join(f"{n} x{s:.3g}" for n, s in scales))
+        log("rescale: " + ", ".join(f"{n} x{s:.3g}" for n, s in scales))
 
-    bar = tqdm(total=cfg.iterations, desc="fine-tune", unit="it", mininterval=2.0)
+    bar = tqdm(total=cfg.iterations, desc="fine-tune", unit="it", mininterval=2.0, disable=not ctx.is_main)
 
     def on_step(it: int, stats: dict[str, float]) -> None:
         bar.update(1)
         if it % 20 == 0 or it == cfg.iterations - 1:
             bar.set_postfix(loss=f"{stats['loss_avg']:.4f}", lr=f"{stats['lr']:.2g}")
 
-    train_stats = finetune(model, train_loader, cfg, device, on_step)
+    train_stats = finetune(model, train_loader, cfg, device, on_step, ctx)
     bar.close()
     model_path = None
-    if args.cls_save_model:
+    if args.cls_save_model and ctx.is_main:
         model_path = _save_model(model, args.out, f"cls_{winfo.method}_seed{args.seed}_final.pt", cfg, winfo.to_dict())
-        print(f"fine-tuned model saved to {model_path}")
+        log(f"fine-tuned model saved to {model_path}")
 
+    if min(len(train_items), len(eval_items)) < ctx.world_size:
+        raise SystemExit(f"error: fewer images than the {ctx.world_size} processes; run fewer processes")
+    # evaluation: rank r scores images r, r + world, ...; the scores are gathered in image order on every rank
+    shard = shard_indices(len(eval_items), ctx.rank, ctx.world_size)
     eval_loader = DataLoader(
-        VOCClassificationEval(eval_items, cfg, args.seed),
+        Subset(VOCClassificationEval(eval_items, cfg, args.seed), shard),
         batch_size=max(1, cfg.batch_size // max(1, 1 + cfg.eval_crops)),
         shuffle=False,
         num_workers=args.workers,
     )
-    ebar = tqdm(total=len(eval_items), desc=f"evaluate {eval_split}", unit="img", mininterval=2.0)
+    ebar = tqdm(total=len(shard), desc=f"evaluate {eval_split}", unit="img", mininterval=2.0, disable=not ctx.is_main)
     s1, s10, labels = evaluate(model, eval_loader, device, cfg.precision, ebar.update)
     ebar.close()
+    s1, s10, labels = (gather_rows(a, shard, len(eval_items)) for a in (s1, s10, labels))
+    if not ctx.is_main:
+        return 0
 
     metrics: dict[str, float] = {}
     per_class: dict[str, dict[str, float]] = {}
@@ -296,7 +365,7 @@ def run(args: argparse.Namespace) -> int:
     random_view = f"{cfg.eval_crops}crop" if cfg.eval_crops != 1 else "1randcrop"
     views = {"1crop": s1} | ({random_view: s10} if cfg.eval_crops > 0 else {})
     for view, scores in views.items():
-        for method, suffix in ((args.cls_ap, ""), ("voc07", "_voc07")):
+        for method, suffix in _stored_ap_methods(args.cls_ap):
             m, pc, undefined = mean_average_precision(scores, labels, classes, method)  # type: ignore[arg-type]
             no_positives = undefined
             if not math.isnan(m):
@@ -308,10 +377,7 @@ def run(args: argparse.Namespace) -> int:
     metrics["mAP"] = metrics[f"mAP_{primary_view}"]
     per_class["AP"] = per_class[f"AP_{primary_view}"]
     metrics.update({k: float(v) for k, v in train_stats.items() if math.isfinite(v)})
-    ap_desc = {
-        "krahenbuhl": "scikit-learn average precision, ties broken pessimistically (Krähenbühl's eval)",
-        "sklearn": "scikit-learn average_precision_score",
-    }[args.cls_ap]
+    ap_desc = AP_DESCRIPTIONS[args.cls_ap]
     view_desc = f"sum of {cfg.eval_crops} random crops" if cfg.eval_crops else "centre crop"
     description = (
         f"VOC2007 {train_split}->{eval_split} multi-label fine-tuning (Krähenbühl et al. 2015): sigmoid CE with "
@@ -327,8 +393,10 @@ def run(args: argparse.Namespace) -> int:
         "preset": args.preset,
         "rescale": bool(args.rescale),
         "ap_method": args.cls_ap,
+        "ap_methods_stored": {suffix or "(primary)": method for method, suffix in _stored_ap_methods(args.cls_ap)},
         "pretrained_fc": args.cls_pretrained_fc,
         "device": str(device),
+        "world_size": ctx.world_size,
     }
     extra: dict[str, Any] = {
         "classes_without_positives": no_positives,

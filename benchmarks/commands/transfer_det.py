@@ -14,7 +14,7 @@ from typing import Any
 
 TITLE = "Fast R-CNN detection on VOC2007"
 PROTOCOL_ID = "voc07-fast-rcnn"
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # v2: 11-point recall levels as MATLAB's 0:0.1:1 (v1 used numpy's rounding)
 PROTOCOL_DESCRIPTION = (
     "Fast R-CNN (Girshick 2015) on the transferred AlexNet conv1-conv5, RoI max pooling 6x6 at stride 16, fc6/fc7 "
     "re-initialised; selective-search proposals; 2 images x 64 RoIs (25% fg IoU>=0.5, bg IoU [0.1,0.5)), flip; SGD "
@@ -106,20 +106,30 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
         default=100,
         help="keep the highest-scoring N detections per image over all classes (py-faster-rcnn: 100)",
     )
+    group.add_argument(
+        "--det-ap",
+        default="devkit",
+        choices=["devkit", "py-faster-rcnn"],
+        help="convention of the primary mAP: devkit = the VOC2007 MATLAB devkit (VOCevaldet.m: IoU >= 0.5, recall "
+        "levels of MATLAB's 0:0.1:1, stable sort), which produced Fast R-CNN's published numbers; py-faster-rcnn = "
+        "its Python voc_eval (IoU > 0.5, np.arange levels, numpy's default sort). The other one is stored too",
+    )
 
 
 def _proposal_source(args: argparse.Namespace, year_dir: Path, splits: list[str]) -> tuple[Any, dict[str, Any]]:
     """Fill the proposal cache for ``splits``; return ``(cache, info)`` where ``info`` describes what was done."""
+    from pretrain.distributed import barrier, gather_objects, shard_indices, world
     from transfer.detection.proposals import ProposalCache, compute_proposals, import_rcnn_mat
     from transfer.voc import VOCError, image_path, load_annotation, read_image_set
 
     root = Path(args.proposals) if args.proposals else Path(args.out) / "proposals"
     ids = list(dict.fromkeys(i for s in splits for i in read_image_set(year_dir, s)))
     info: dict[str, Any] = {"cache": str(root), "failed": {}}
+    rank, world_size = world()
     if args.rcnn_mat:
         cache = ProposalCache(root, "rcnn")
         imported = 0
-        for split in splits:
+        for split in splits if rank == 0 else []:  # rank 0 imports, the others wait for it
             mat = Path(args.rcnn_mat) / f"voc_2007_{split}.mat"
             if not mat.is_file():
                 raise SystemExit(f"--rcnn-mat: {mat} not found (expected R-CNN's voc_2007_<split>.mat files)")
@@ -131,18 +141,27 @@ def _proposal_source(args: argparse.Namespace, year_dir: Path, splits: list[str]
                     continue  # reported when the split is loaded
                 sizes[image_id] = (ann.width, ann.height)
             imported += import_rcnn_mat(mat, cache, sizes)
+        barrier()
         info.update(source="rcnn-mat", imported=imported)
         return cache, info
     cache = ProposalCache(root, args.proposal_mode)
-    workers = args.proposal_workers if args.proposal_workers is not None else (os.cpu_count() or 1)
+    # under torchrun every rank computes its share of the images into the shared cache (rank r: r, r + world, ...)
+    workers = args.proposal_workers
+    if workers is None:
+        workers = max(1, (os.cpu_count() or 1) // world_size)
     paths = {i: image_path(year_dir, i) for i in ids}
-    stats = compute_proposals({i: p for i, p in paths.items() if p.is_file()}, cache, workers=workers)
+    present = [i for i, p in paths.items() if p.is_file()]
+    mine = {present[k]: paths[present[k]] for k in shard_indices(len(present), rank, world_size)}
+    stats = compute_proposals(mine, cache, workers=workers, progress=rank == 0)
+    parts = gather_objects((stats.computed, stats.cached, stats.failed))  # also waits until every share is written
+    failed = {k: v for _, _, f in parts for k, v in f.items()}
     info.update(
         source=f"opencv-selective-search-{args.proposal_mode}",
-        computed=stats.computed,
-        cached=stats.cached,
-        failed=stats.failed,
+        computed=sum(p[0] for p in parts),
+        cached=sum(p[1] for p in parts),
+        failed=failed,
         workers=workers,
+        processes=world_size,
     )
     return cache, info
 
@@ -156,13 +175,56 @@ def _print_table(ap07: dict[str, float], ap_auc: dict[str, float], metrics: dict
 
 
 def run(args: argparse.Namespace) -> int:
+    """One process, or every rank of a torchrun launch: proposals, training (DDP, each rank its images of every
+    mini-batch) and test detections are shared out; rank 0 writes the model, results files and the record."""
+    from pretrain.distributed import cleanup_distributed, init_distributed
+
+    ctx = init_distributed(args.device)
+    try:
+        return _run(args, ctx)
+    finally:
+        cleanup_distributed()
+
+
+def _detect_sharded(model: Any, images: list[Any], classes: list[str], cfg: Any, device: Any, ctx: Any) -> Any:
+    """Detections of every image, rank r detecting images r, r + world, ..., gathered and put back in image order
+    (so tied scores keep the order a single process gives them), then scored against the whole split."""
+    import numpy as np
+    from tqdm import tqdm
+
+    from pretrain.distributed import gather_objects, shard_indices
+    from transfer.detection.evaluate import detect_image, ground_truth_by_class
+    from transfer.detection_ap import ClassDetections, evaluate_detections
+
+    mine = []
+    for k in tqdm(shard_indices(len(images), ctx.rank, ctx.world_size), desc="fast r-cnn test", unit="img",
+                  disable=not ctx.is_main):  # fmt: skip
+        mine.append((k, *detect_image(model, images[k], cfg, device)))
+    found = sorted((d for part in gather_objects(mine) for d in part), key=lambda d: d[0])
+    per_class: dict[str, tuple[list[str], list[float], list[Any]]] = {c: ([], [], []) for c in classes}
+    for k, boxes, scores, labels in found:
+        for b, sc, lab in zip(boxes, scores, labels):
+            ids, scs, bxs = per_class[classes[int(lab) - 1]]
+            ids.append(images[k].image_id)
+            scs.append(float(sc))
+            bxs.append(b)
+    detections = {
+        c: ClassDetections(ids, np.asarray(scs, np.float64), np.asarray(bxs, np.float64).reshape(-1, 4))
+        for c, (ids, scs, bxs) in per_class.items()
+    }
+    result = evaluate_detections(detections, ground_truth_by_class(images, classes), classes)
+    result["detections"] = int(sum(len(d.scores) for d in detections.values()))
+    return result, detections
+
+
+def _run(args: argparse.Namespace, ctx: Any) -> int:
     import numpy as np
     import torch
 
     from benchmarks.presets import apply_preset
     from benchmarks.presets.det import PRESETS
     from pretrain.checkpoint import atomic_torch_save
-    from pretrain.distributed import resolve_device
+    from pretrain.distributed import RankBatches
     from pretrain.runinfo import utc_now_iso
     from transfer.detection.data import (
         DetectionTrainSet,
@@ -172,7 +234,7 @@ def run(args: argparse.Namespace) -> int:
         has_training_rois,
         load_detection_split,
     )
-    from transfer.detection.evaluate import EvalConfig, evaluate, write_voc_results
+    from transfer.detection.evaluate import EvalConfig, write_voc_results
     from transfer.detection.model import FastRCNN, freeze_trunk, parameter_groups, rescale_fast_rcnn
     from transfer.detection.proposals import ProposalError
     from transfer.detection.train import NonFiniteLossError, TrainConfig, train
@@ -185,6 +247,7 @@ def run(args: argparse.Namespace) -> int:
     apply_preset(args, PRESETS, args.preset)
     args.train_split = args.train_split or "trainval"
     args.eval_split = args.eval_split or "test"
+    log = print if ctx.is_main else _quiet
     overlapping = {args.train_split, args.eval_split}
     if len(overlapping) == 1 or overlapping in ({"trainval", "train"}, {"trainval", "val"}):
         raise SystemExit(
@@ -193,7 +256,7 @@ def run(args: argparse.Namespace) -> int:
         )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(args.device)
+    device = ctx.device
     torch.manual_seed(args.seed)
 
     try:  # the weights first: a wrong path fails before the long proposal pass
@@ -220,7 +283,7 @@ def run(args: argparse.Namespace) -> int:
 
     sampler = RoISampler(rois_per_image=args.rois_per_image)
     usable = [im for im in train_images if has_training_rois(im, sampler)]
-    print(
+    log(
         f"VOC2007 {args.train_split}: {len(train_images)} images ({len(train_images) - len(usable)} without "
         f"training RoIs left out); {args.eval_split}: {len(eval_images)} images; proposals in {proposal_info['cache']}"
     )
@@ -238,20 +301,33 @@ def run(args: argparse.Namespace) -> int:
     optimizer = torch.optim.SGD(parameter_groups(model, args.lr, 5e-4), lr=args.lr, momentum=0.9)
     train_cfg = TrainConfig(iterations=args.iterations, lr=args.lr, lr_step=args.det_lr_step, precision=args.precision)
     dataset = DetectionTrainSet(usable, args.det_scale, args.det_max_size, args.input_norm, sampler)
+    batches: Any = TrainBatchSampler(len(usable), args.batch_size, args.iterations, args.seed)
+    net: torch.nn.Module = model
+    if ctx.distributed:  # every rank draws the same global mini-batches and trains on its images of each
+        if args.batch_size % ctx.world_size:
+            raise SystemExit(
+                f"error: --batch-size {args.batch_size} must be a multiple of the {ctx.world_size} processes"
+            )
+        batches = RankBatches(batches, ctx.rank, ctx.world_size)
+        torch.manual_seed(args.seed * 1000 + ctx.rank)  # dropout masks differ between ranks, reproducibly
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
     loader = torch.utils.data.DataLoader(
         dataset,
-        batch_sampler=TrainBatchSampler(len(usable), args.batch_size, args.iterations, args.seed),
+        batch_sampler=batches,
         collate_fn=collate_detection,
         num_workers=args.workers,
         pin_memory=device.type == "cuda",
     )
     try:
-        train_summary = train(model, loader, optimizer, train_cfg, device)
+        train_summary = train(net, loader, optimizer, train_cfg, device, progress=ctx.is_main)
     except NonFiniteLossError as exc:
         raise SystemExit(f"error: {exc}; lower --lr or check the weights") from exc
     except VOCError as exc:
         raise SystemExit(f"error: {exc}") from exc
-    atomic_torch_save({"model": model.state_dict(), "config": _config(args)}, out / "fast_rcnn.pt")
+    if ctx.is_main:
+        atomic_torch_save({"model": model.state_dict(), "config": _config(args)}, out / "fast_rcnn.pt")
 
     test_cfg = EvalConfig(
         scale=args.det_scale,
@@ -263,15 +339,16 @@ def run(args: argparse.Namespace) -> int:
         precision=args.precision,
     )
     try:
-        result, detections = evaluate(model, eval_images, list(VOC_CLASSES), test_cfg, device)
+        result, detections = _detect_sharded(model, eval_images, list(VOC_CLASSES), test_cfg, device, ctx)
     except VOCError as exc:
         raise SystemExit(f"error: {exc}") from exc
+    if not ctx.is_main:
+        return 0
     if args.write_voc_results:
         write_voc_results(detections, out / "results", args.eval_split)
 
-    ap07: dict[str, float] = result["ap07"]  # type: ignore[assignment]
-    ap_auc: dict[str, float] = result["ap_auc"]  # type: ignore[assignment]
-    metrics = {"mAP": float(result["mAP"]), "mAP_auc": float(result["mAP_auc"])}  # type: ignore[arg-type]
+    metrics, per_class = _metrics(result, args.det_ap)
+    ap07, ap_auc = per_class["AP"], per_class["AP_auc"]
     skipped = [*train_report.skipped, *eval_report.skipped]
     record = make_record(
         task="det",
@@ -283,7 +360,7 @@ def run(args: argparse.Namespace) -> int:
         eval_split=args.eval_split,
         metrics=metrics,
         primary_metric="mAP",
-        per_class={"AP": ap07, "AP_auc": ap_auc},
+        per_class=per_class,
         weights=weights_info.to_dict(),
         seed=args.seed,
         config=_config(args),
@@ -301,7 +378,8 @@ def run(args: argparse.Namespace) -> int:
             "classes_without_gt": result["classes_without_gt"],
             "frozen_layers": frozen,
             "rescale": rescale_info,
-            "ap_definition": "VOC devkit 2007 11-point interpolated AP (AP); VOC2010+ area under the curve (AP_auc)",
+            "ap_definition": f"VOC2007 11-point interpolated AP as {args.det_ap} (AP); the other convention "
+            "(AP_devkit or AP_py_faster_rcnn); VOC2010+ area under the curve as the devkit (AP_auc)",
         },
     )
     path = write_record(record, out)
@@ -310,5 +388,24 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _metrics(result: dict[str, Any], convention: str) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """Record metrics and per-class APs: the primary 11-point AP under ``convention``, the other convention's
+    11-point AP, and the devkit's area-under-curve AP."""
+    devkit = (float(result["mAP"]), result["ap07"])
+    pyfrcnn = (float(result["mAP_py_faster_rcnn"]), result["ap07_py_faster_rcnn"])
+    (primary, primary_pc), (other, other_pc), suffix = (
+        (devkit, pyfrcnn, "py_faster_rcnn") if convention == "devkit" else (pyfrcnn, devkit, "devkit")
+    )
+    metrics = {"mAP": primary, "mAP_auc": float(result["mAP_auc"]), f"mAP_{suffix}": other}
+    return metrics, {"AP": primary_pc, "AP_auc": result["ap_auc"], f"AP_{suffix}": other_pc}
+
+
 def _config(args: argparse.Namespace) -> dict[str, Any]:
-    return {k: v for k, v in sorted(vars(args).items()) if not k.startswith("_") and k != "command"}
+    from pretrain.distributed import world
+
+    config = {k: v for k, v in sorted(vars(args).items()) if not k.startswith("_") and k != "command"}
+    return config | {"world_size": world()[1]}
+
+
+def _quiet(*_: object, **__: object) -> None:
+    """``print`` on ranks other than 0."""
