@@ -52,7 +52,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a `bench pretrain` run folder, an encoder.safetensors, a .pt checkpoint, a torchvision "
         "AlexNet state dict, or 'random' (Gaussian init, the paper's baseline)",
     )
-    parser.add_argument("--out", required=True, help="folder for the run record (JSON) and outputs")
+    parser.add_argument(
+        "--out",
+        required=True,
+        help="folder for the run record (JSON) and outputs; a second run of the same task, weights and seed on it "
+        "stops at once while the first is running",
+    )
     parser.add_argument(
         "--preset",
         default="paper",
@@ -103,8 +108,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             module.add_arguments(parser.add_argument_group(f"--task {task}: {module.TITLE}"))
 
 
+def run_lock_name(args: argparse.Namespace) -> str:
+    """The lock file of one transfer run in ``--out``: runs of the same task, weights and seed would write the
+    same record name and checkpoint, so only one of them may run at a time; other runs can share the folder."""
+    import hashlib
+    import os
+
+    weights = str(args.weights) if str(args.weights) == "random" else os.path.abspath(args.weights)
+    digest = hashlib.sha256(weights.encode()).hexdigest()[:12]
+    return f".bench-transfer-{args.task}-seed{args.seed}-{digest}.lock"
+
+
 def run(args: argparse.Namespace) -> int:
+    import os
+    import sys
+
+    from pretrain.runlock import RunFolderBusy, command_line, run_folder_lock
+
     module = _task_module(args.task)
     if module is None:
         raise SystemExit(f"--task {args.task} is not available in this build")
-    return int(module.run(args) or 0)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 holds the lock for all ranks
+        return int(module.run(args) or 0)
+    try:
+        with run_folder_lock(args.out, command_line(), name=run_lock_name(args)):
+            return int(module.run(args) or 0)
+    except RunFolderBusy as exc:
+        print(f"bench transfer: error: {exc}", file=sys.stderr)
+        return 1
