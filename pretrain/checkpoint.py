@@ -16,6 +16,7 @@ Checkpoint layout written by ``bench pretrain`` (``CHECKPOINT_FORMAT``)::
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -32,19 +33,79 @@ class CheckpointError(RuntimeError):
     """A checkpoint or weight file is missing, unreadable or of the wrong kind."""
 
 
-def _atomic_replace(path: Path, write: Any, mode: str) -> None:
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux allows (``os.umask`` swaps it for a moment, which
+    a thread creating a file at that moment would see)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _write_temporary(path: Path, write: Any, mode: str) -> str:
+    """Write a complete, synced temporary file next to ``path`` with the mode a plain ``open`` would give
+    (``mkstemp`` makes it 0600: a record or checkpoint others should read would stay private); return its name."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, mode) as fh:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return tmp
+
+
+def _atomic_replace(path: Path, write: Any, mode: str) -> None:
+    tmp = _write_temporary(path, write, mode)
+    try:
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def atomic_create_json(folder: str | Path, names: Any, obj: Any) -> Path:
+    """Write ``obj`` (JSON as ``atomic_write_json``) under the first of ``names`` (an iterable of file names) that
+    does not exist in ``folder``, atomically and without overwriting anything, even when other processes write
+    to the folder at the same moment: the complete file is linked to its name, and the kernel refuses a link over
+    an existing name (no check-then-rename window)."""
+    folder = Path(folder)
+    text = json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n"
+    tmp = _write_temporary(folder / "record.json", lambda fh: fh.write(text), "w")
+    try:
+        for name in names:
+            target = folder / name
+            try:
+                os.link(tmp, target)
+            except FileExistsError:
+                continue
+            except OSError as exc:  # a file system without hard links: exclusive create, then write
+                if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK):
+                    raise
+                try:
+                    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+                except FileExistsError:
+                    continue
+                with os.fdopen(fd, "w") as fh:
+                    fh.write(text)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            return target
+        raise FileExistsError(f"no free file name in {folder}")
+    finally:
+        os.unlink(tmp)
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:

@@ -102,21 +102,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="skip (and count in the record) missing or malformed images, annotations and masks "
         "instead of stopping with an error",
     )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="cls and det: continue the interrupted training whose checkpoint is in OUT/checkpoints/, bit for bit "
+        "(model, optimizer, iteration, data order, RNG states)",
+    )
+    parser.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=1000,
+        help="cls and det: iterations between training checkpoints (one is also written when SIGTERM/SIGINT stops "
+        "the run; 0 = only then); the checkpoint is removed once the record is written",
+    )
     for task in TASKS:
         module = _task_module(task)
         if module is not None:
             module.add_arguments(parser.add_argument_group(f"--task {task}: {module.TITLE}"))
 
 
-def run_lock_name(args: argparse.Namespace) -> str:
-    """The lock file of one transfer run in ``--out``: runs of the same task, weights and seed would write the
-    same record name and checkpoint, so only one of them may run at a time; other runs can share the folder."""
+def run_key(args: argparse.Namespace) -> str:
+    """What identifies one transfer run in ``--out``: its task, seed and weights. Runs with the same key would
+    write the same record name and training checkpoint; runs with different keys can share the folder."""
     import hashlib
     import os
 
     weights = str(args.weights) if str(args.weights) == "random" else os.path.abspath(args.weights)
     digest = hashlib.sha256(weights.encode()).hexdigest()[:12]
-    return f".bench-transfer-{args.task}-seed{args.seed}-{digest}.lock"
+    return f"{args.task}-seed{args.seed}-{digest}"
+
+
+def run_lock_name(args: argparse.Namespace) -> str:
+    """The lock file of one transfer run in ``--out``: only one run of a key (``run_key``) at a time."""
+    return f".bench-transfer-{run_key(args)}.lock"
 
 
 def run(args: argparse.Namespace) -> int:

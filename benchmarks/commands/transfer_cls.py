@@ -177,9 +177,11 @@ def run(args: argparse.Namespace) -> int:
     from torch.utils.data import DataLoader
     from tqdm import tqdm
 
+    from benchmarks.commands.transfer import run_key
     from benchmarks.presets import apply_preset
     from benchmarks.presets.cls import PRESETS
     from pretrain.distributed import resolve_device
+    from pretrain.preemption import Preempted, PreemptionGuard, ignore_stop_signals
     from pretrain.runinfo import utc_now_iso
     from transfer.classification import (
         FinetuneConfig,
@@ -194,6 +196,7 @@ def run(args: argparse.Namespace) -> int:
     from transfer.classification_ap import mean_average_precision
     from transfer.input_norm import resolve_input_norm
     from transfer.records import make_record, write_record
+    from transfer.resumable import TrainingCheckpoint
 
     started, t0 = utc_now_iso(), time.perf_counter()
     apply_preset(args, PRESETS, args.preset)
@@ -217,6 +220,11 @@ def run(args: argparse.Namespace) -> int:
         precision=args.precision,
         fc_width=args.cls_fc_width,
     )
+    # what --resume must not change (--iterations may: it only moves the end)
+    settings = {**cfg.to_dict(), "seed": args.seed, "classes": list(classes), "rescale": bool(args.rescale)}
+    settings.pop("iterations")
+    checkpoints = TrainingCheckpoint(args.out, run_key(args), args.checkpoint_every, settings)
+    resume = checkpoints.load(args.resume)
     model = build_classifier(trunk, len(classes), cfg, args.seed)
     pretrained_fc: list[str] = []
     if args.cls_pretrained_fc == "auto" and winfo.kind == "torchvision":
@@ -237,8 +245,9 @@ def run(args: argparse.Namespace) -> int:
         drop_last=len(train_items) >= cfg.batch_size,
         num_workers=args.workers,
         generator=gen,
-        persistent_workers=args.workers > 0,
+        persistent_workers=False,  # workers seeded afresh each epoch: what makes --resume bit for bit
         pin_memory=device.type == "cuda",
+        worker_init_fn=ignore_stop_signals,
     )
     print(
         f"cls: {len(train_items)} {train_split} / {len(eval_items)} {eval_split} images, {len(classes)} classes, "
@@ -272,7 +281,16 @@ def run(args: argparse.Namespace) -> int:
         if it % 20 == 0 or it == cfg.iterations - 1:
             bar.set_postfix(loss=f"{stats['loss_avg']:.4f}", lr=f"{stats['lr']:.2g}")
 
-    train_stats = finetune(model, train_loader, cfg, device, on_step)
+    with PreemptionGuard() as guard:
+
+        def after_step(done: int, opt: Any, state: dict[str, Any]) -> None:
+            if guard.requested or checkpoints.due(done, cfg.iterations):
+                path = checkpoints.save(done, model, opt, **state)
+                if guard.requested:
+                    raise Preempted(str(guard.signal_name), done, str(path))
+
+        bar.update(resume["iteration"] if resume is not None else 0)
+        train_stats = finetune(model, train_loader, cfg, device, on_step, resume=resume, after_step=after_step)
     bar.close()
     model_path = None
     if args.cls_save_model:
@@ -359,6 +377,7 @@ def run(args: argparse.Namespace) -> int:
         extra=extra,
     )
     path = write_record(record, args.out)
+    checkpoints.finish()
     rows = [(k, f"{metrics[k]:.2f}") for k in sorted(metrics) if k.startswith("mAP")]
     rows += [(f"AP {c}", f"{v:.2f}") for c, v in per_class["AP"].items()]
     rows += [("skipped items", str(len(skipped_train) + len(skipped_eval))), ("record", str(path))]
