@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "reproduce": "benchmarks.commands.reproduce",
     "demo": "benchmarks.commands.demo",
     "speed": "benchmarks.commands.speed",
+    "selftest": "benchmarks.commands.selftest",
 }
 
 
