@@ -66,12 +66,13 @@ def safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]
     order, which changes from process to process, and ``weights.sha256`` in records would not name the weights.
     The layout is the safetensors format: an 8-byte little-endian header length, the JSON header (padded with
     spaces to a multiple of 8 bytes) and the raw little-endian tensor data."""
-    dtypes = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64"}
+    dtypes = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
+              torch.int64: "I64", torch.int32: "I32", torch.uint8: "U8", torch.bool: "BOOL"}  # fmt: skip
     header: dict[str, Any] = {"__metadata__": dict(sorted(metadata.items()))}
     blobs, offset = [], 0
     for name in sorted(tensors):
         tensor = tensors[name].detach().contiguous().cpu()
-        blob = tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b""
+        blob = tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b""
         header[name] = {
             "dtype": dtypes[tensor.dtype],
             "shape": list(tensor.shape),

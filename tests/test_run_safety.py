@@ -241,3 +241,27 @@ def test_sigterm_writes_a_checkpoint_and_resume_is_bit_identical(
     a = load_checkpoint(sorted((out / "checkpoints").glob("*.pt"))[-1])["model"]
     b = load_checkpoint(sorted((reference / "checkpoints").glob("*.pt"))[-1])["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_reproduce_passes_sigterm_to_its_cell_and_marks_it_interrupted(
+    image_folder: Path, tmp_path: Path, subprocess_env: dict[str, str]
+) -> None:
+    sweep = tmp_path / "sweep"
+    long_pretrain = "pretrain=--iterations 100000 " + " ".join(TINY + SHORT)
+    argv = _bench_argv("reproduce", "--tasks", "cls", "--methods", "context-encoder", "--voc-root", str(tmp_path))
+    argv += ["--data", str(image_folder), "--out", str(sweep), "--quiet-cells", "--stage-args", long_pretrain]
+    proc = subprocess.Popen(argv, env=subprocess_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run = sweep / "runs" / "context-encoder"
+    try:
+        _wait_for(lambda: (run / "checkpoints" / "ckpt_00000002.pt").exists(), "the cell's first checkpoint", proc)
+        proc.send_signal(signal.SIGTERM)  # to the sweep only: it must pass it on
+        _, err = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 75 and "SIGTERM" in err and "Traceback" not in err
+    cell = {c["id"]: c for c in json.loads((sweep / "plan.json").read_text())["cells"]}["pretrain/context-encoder"]
+    assert cell["status"] == "interrupted" and cell["returncode"] == 75
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "preempted" and load_checkpoint(summary["checkpoint"])["iteration"] >= 2
