@@ -254,6 +254,9 @@ def run(args: argparse.Namespace) -> int:
         num_workers=args.workers,
         pin_memory=device.type == "cuda",
         worker_init_fn=ignore_stop_signals,
+        # its own generator: starting the loader must not draw from the global RNG that dropout uses, or a resumed
+        # run's dropout would be one draw off
+        generator=torch.Generator().manual_seed(args.seed),
     )
     try:
         with PreemptionGuard() as guard:
