@@ -132,6 +132,17 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
+def _one_line_reason(exc: Exception) -> str:
+    """The line of torch's many-line load error that says what is wrong with the file (its first lines are
+    advice about ``weights_only``, which must stay on: it is what keeps pickled code from running)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if lines and lines[0].startswith("Weights only load failed"):
+        detail = [line for line in lines[1:] if not line.startswith(("Please file", "Check the documentation"))]
+        lines = detail or ["the file holds objects other than tensors and plain containers, or is not a checkpoint"]
+    first = lines[0] if lines else type(exc).__name__
+    return first.split(". ")[0].rstrip(".")[:200]  # the first sentence; the rest is advice
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a ``bench pretrain`` checkpoint (or any state-dict file) with ``weights_only=True``.
 
@@ -143,8 +154,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises several exception types for corrupt or unsafe files
+        reason = _one_line_reason(exc)
         raise CheckpointError(
-            f"cannot load {path} with weights_only=True ({type(exc).__name__}: {exc}); "
+            f"cannot load {path} with weights_only=True ({type(exc).__name__}: {reason}); "
             "is it a complete PyTorch checkpoint or state dict?"
         ) from exc
     if not isinstance(obj, dict):
