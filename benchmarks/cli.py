@@ -82,8 +82,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run_command(args: argparse.Namespace) -> int:
     """Run the subcommand; an expected failure (``benchmarks/failures.py``) or Ctrl-C ends in one line on stderr
     and a non-zero exit status instead of a traceback."""
+    import signal
+    import threading
+
     from benchmarks.failures import EXIT_INTERRUPTED, expected_failure
 
+    def stop(signum: int, frame: object) -> None:  # SIGTERM outside a training loop: end like Ctrl-C
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    previous = signal.signal(signal.SIGTERM, stop) if threading.current_thread() is threading.main_thread() else None
     try:
         return int(args._module.run(args) or 0)
     except KeyboardInterrupt:
@@ -100,6 +107,9 @@ def _run_command(args: argparse.Namespace) -> int:
             raise
         print(f"bench {args.command}: error: {message}", file=sys.stderr)
         return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -99,7 +99,7 @@ def case_two_writers(s: Scratch) -> CaseResult:
     out = s.finished_run("busy")
     first = s.start_pretrain(out, "--resume")
     try:
-        _wait_for(lambda: '"event": "start"' in (out / "log.jsonl").read_text(), first)
+        _wait_for(lambda: (out / "log.jsonl").read_text().count('"event": "start"') > 1, first)  # the resumed run
         second = s.pretrain(out, "--iterations", "100000", "--resume")
     finally:
         first.send_signal(signal.SIGTERM)
