@@ -265,3 +265,12 @@ def test_reproduce_passes_sigterm_to_its_cell_and_marks_it_interrupted(
     assert cell["status"] == "interrupted" and cell["returncode"] == 75
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "preempted" and load_checkpoint(summary["checkpoint"])["iteration"] >= 2
+
+
+@pytest.mark.slow
+def test_selftest_faults_loses_nothing(subprocess_env: dict[str, str]) -> None:
+    proc = subprocess.run(_bench_argv("selftest", "--faults"), env=subprocess_env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| ") and "outcome" not in line]
+    cells = [[cell.strip() for cell in row.strip().strip("|").split("|")] for row in rows]
+    assert len(rows) == 9 and all(c[-2:] == ["yes", "yes"] for c in cells)
