@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "reproduce": "benchmarks.commands.reproduce",
     "demo": "benchmarks.commands.demo",
     "speed": "benchmarks.commands.speed",
+    "selftest": "benchmarks.commands.selftest",
 }
 
 
@@ -94,7 +95,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "_module", None) is None:
         parser.print_help()
         return 2
-    return int(args._module.run(args) or 0)
+    return _run_command(args)
+
+
+def _run_command(args: argparse.Namespace) -> int:
+    """Run the subcommand; an expected failure (``benchmarks/failures.py``) or Ctrl-C ends in one line on stderr
+    and a non-zero exit status instead of a traceback."""
+    import signal
+    import threading
+
+    from benchmarks.failures import EXIT_INTERRUPTED, expected_failure
+
+    def stop(signum: int, frame: object) -> None:  # SIGTERM outside a training loop: end like Ctrl-C
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    previous = signal.signal(signal.SIGTERM, stop) if threading.current_thread() is threading.main_thread() else None
+    try:
+        return int(args._module.run(args) or 0)
+    except KeyboardInterrupt:
+        print(f"bench {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        from pretrain.preemption import EXIT_PREEMPTED, Preempted
+
+        if isinstance(exc, Preempted):
+            print(f"bench {args.command}: {exc}", file=sys.stderr)
+            return EXIT_PREEMPTED
+        message = expected_failure(exc)
+        if message is None:
+            raise
+        print(f"bench {args.command}: error: {message}", file=sys.stderr)
+        return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

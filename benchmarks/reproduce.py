@@ -6,11 +6,13 @@ task for each method and seed, optionally the inpainting network and its evaluat
 
 The plan file is rewritten atomically whenever a cell changes state (``pending`` -> ``running`` -> ``done`` or
 ``failed``), so the sweep survives being killed: a cell found ``running`` when the plan is loaded was interrupted and
-is run again (a pretraining run resumes from its last checkpoint when ``bench pretrain`` offers ``--resume``; any
-other output folder an earlier attempt left is moved aside to ``<folder>.attempt<N>`` first, nothing is deleted).
-``done`` cells are never redone; ``failed`` cells are retried only with ``retry_failed``. Cells whose command is not
-part of this build are reported as unavailable (and picked up once it is). The report cells (``bench table``,
-``bench plot``) run again whenever a cell they summarise finished after them.
+is run again (a pretraining run, or a cls/det transfer with a training checkpoint, resumes from its last checkpoint
+when the command offers ``--resume``; any other output folder an earlier attempt left is moved aside to
+``<folder>.attempt<N>`` first, nothing is deleted). SIGTERM or SIGINT sent to the sweep is passed on to the running
+cell, which writes a checkpoint and exits; the cell is marked ``interrupted`` and the sweep stops, to be continued by
+running it again. ``done`` cells are never redone; ``failed`` cells are retried only with ``retry_failed``. Cells
+whose command is not part of this build are reported as unavailable (and picked up once it is). The report cells
+(``bench table``, ``bench plot``) run again whenever a cell they summarise finished after them.
 
 Every transfer or inpainting-evaluation cell must leave one run record in its folder; it is copied to
 ``<out>/records/<cell>.json``, the folder the tables are made from.
@@ -20,15 +22,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import functools
 import importlib.util
 import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -289,17 +292,14 @@ def load_or_create_plan(opts: SweepOptions, replan: bool = False) -> dict[str, A
 
 @contextlib.contextmanager
 def plan_lock(out: str | Path) -> Iterator[None]:
-    """One sweep per folder at a time (an advisory lock on ``<out>/plan.lock``)."""
-    Path(out).mkdir(parents=True, exist_ok=True)
-    with open(Path(out) / "plan.lock", "w") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            raise PlanError(f"another `bench reproduce` is running in {out} (plan.lock is held)") from exc
-        try:
+    """One sweep per folder at a time (``pretrain.runlock`` on ``<out>/plan.lock``; the refusal names the holder)."""
+    from pretrain.runlock import RunFolderBusy, command_line, run_folder_lock
+
+    try:
+        with run_folder_lock(out, command_line(), name="plan.lock"):
             yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    except RunFolderBusy as exc:
+        raise PlanError(f"another `bench reproduce` is running: {exc}") from exc
 
 
 # ----------------------------------------------------------------------------------------------------- running
@@ -325,12 +325,13 @@ def _move_aside(folder: Path) -> Path | None:
 
 
 def _resumable(cell: dict[str, Any], folder: Path) -> bool:
-    """A pretraining run folder with at least one checkpoint, and a ``bench pretrain`` that offers ``--resume``."""
-    return (
-        cell["stage"] in ("pretrain", "inpaint-pretrain")
-        and "--resume" in known_options("pretrain")
-        and any(folder.rglob("*.pt"))
-    )
+    """A pretraining run folder with at least one checkpoint, or a transfer folder with a training checkpoint,
+    and a command that offers ``--resume``."""
+    if cell["stage"] in ("pretrain", "inpaint-pretrain"):
+        return "--resume" in known_options("pretrain") and any(folder.rglob("*.pt"))
+    if cell["stage"] in ("cls", "det"):
+        return "--resume" in known_options("transfer") and any((folder / "checkpoints").glob("*.pt"))
+    return False
 
 
 def collect_record(cell: dict[str, Any], out: Path) -> Path:
@@ -361,8 +362,32 @@ def collect_record(cell: dict[str, Any], out: Path) -> Path:
     return dest
 
 
-def _run_subprocess(argv: list[str], log_path: Path, stream: TextIO | None) -> int:
-    """Run ``python -m benchmarks.cli argv``; its output goes to ``log_path`` (and to ``stream`` as it comes)."""
+@contextlib.contextmanager
+def _forward_stop_signals(proc: subprocess.Popen) -> Iterator[list[str]]:
+    """While the cell runs, SIGTERM/SIGINT sent to the sweep are passed on to the cell (which then writes its
+    checkpoint and exits); the names of the signals received are collected in the yielded list."""
+    received: list[str] = []
+
+    def forward(signum: int, frame: Any) -> None:
+        received.append(signal.Signals(signum).name)
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signum)
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield received
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _run_subprocess(argv: list[str], log_path: Path, stream: TextIO | None) -> tuple[int, str | None]:
+    """Run ``python -m benchmarks.cli argv``; its output goes to ``log_path`` (and to ``stream`` as it comes).
+    Returns the exit status and the name of the signal that interrupted the sweep meanwhile (None if none).
+
+    The cell runs in its own session, so that a Ctrl-C in the terminal reaches it once, through the sweep."""
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO_ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env.setdefault("PYTHONUNBUFFERED", "1")
@@ -371,21 +396,27 @@ def _run_subprocess(argv: list[str], log_path: Path, stream: TextIO | None) -> i
         log.write(f"$ {shlex.join(['python', '-m', 'benchmarks.cli', *argv])}\n".encode())
         log.flush()
         proc = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.cli", *argv], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env
+            [sys.executable, "-m", "benchmarks.cli", *argv],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
         )
         assert proc.stdout is not None
-        try:
-            while chunk := proc.stdout.read1(4096):  # type: ignore[attr-defined]
-                log.write(chunk)
-                log.flush()
-                if stream is not None:
-                    stream.write(chunk.decode(errors="replace"))
-                    stream.flush()
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            raise
-        return proc.wait()
+        with _forward_stop_signals(proc) as received:
+            try:
+                while chunk := proc.stdout.read1(4096):  # type: ignore[attr-defined]
+                    log.write(chunk)
+                    log.flush()
+                    if stream is not None:
+                        stream.write(chunk.decode(errors="replace"))
+                        stream.flush()
+            except BaseException:
+                proc.kill()
+                proc.wait()
+                raise
+            rc = proc.wait()
+        return rc, (received[0] if received else None)
 
 
 @dataclass
@@ -395,10 +426,12 @@ class SweepResult:
     failed: list[str] = field(default_factory=list)
     unavailable: list[tuple[str, str]] = field(default_factory=list)
     blocked: list[tuple[str, str]] = field(default_factory=list)
+    #: the signal that stopped the sweep (the cell that was running is marked ``interrupted``)
+    interrupted: str | None = None
 
     @property
     def complete(self) -> bool:
-        return not (self.failed or self.unavailable or self.blocked)
+        return not (self.failed or self.unavailable or self.blocked or self.interrupted)
 
 
 def describe_plan(plan: dict[str, Any]) -> str:
@@ -431,7 +464,7 @@ def run_plan(
         plan = load_or_create_plan(opts, replan=replan)
         interrupted = set()
         for cell in plan["cells"]:
-            if cell["status"] == "running":
+            if cell["status"] in ("running", "interrupted"):  # killed, or stopped by a signal
                 cell["status"] = "pending"
                 cell["message"] = "interrupted; run again"
                 interrupted.add(cell["id"])
@@ -497,7 +530,14 @@ def run_plan(
             bar.set_postfix_str(cell["id"])
             bar.write(f"reproduce: [{cell['id']}] {shlex.join(['python', '-m', 'benchmarks.cli', *argv])}")
             with tqdm.external_write_mode(file=sys.stderr):
-                rc = _run_subprocess(argv, Path(cell["log"]), stream)
+                rc, stopped_by = _run_subprocess(argv, Path(cell["log"]), stream)
+            if stopped_by is not None:
+                why = f"stopped by {stopped_by} (exit status {rc}); run bench reproduce again to resume"
+                cell.update(status="interrupted", ended_at=_now(), returncode=rc, message=why)
+                save_plan(plan, out)
+                result.interrupted = stopped_by
+                bar.write(f"reproduce: {cell['id']} interrupted by {stopped_by}; the plan is saved")
+                break
             message = f"exit status {rc}" if rc else ""
             if rc == 0 and cell["makes_record"]:
                 try:

@@ -19,6 +19,7 @@ RESUME_MUTABLE_FIELDS: frozenset[str] = frozenset(
         "iterations",
         "stop_after",
         "resume",
+        "overwrite",
         "preset",
         "workers",
         "device",
@@ -84,6 +85,8 @@ class PretrainConfig:
     tensorboard: bool = False
     stop_after: int | None = None
     resume: bool = False
+    #: start a new run in a folder that holds an earlier run, replacing its files (never implied by --resume)
+    overwrite: bool = False
     #: options a method declares for itself (``PretrainMethod.options``), e.g. the inpainting net's ``lr_d``
     method_options: dict[str, Any] = field(default_factory=dict)
 

@@ -132,6 +132,19 @@ def to_rgb8(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
+#: images longer than this many times their width (or wider than tall) are skipped as bad: resizing the shorter side
+#: of a 1x1500 strip to a crop size makes an array of hundreds of megabytes. Real photographs, panoramas included,
+#: stay far below it
+MAX_ASPECT_RATIO = 10.0
+
+
+def aspect_problem(width: int, height: int) -> str | None:
+    """Why an image of this size is refused (None when its aspect ratio is within ``MAX_ASPECT_RATIO``)."""
+    if max(width, height) > MAX_ASPECT_RATIO * max(1, min(width, height)):
+        return f"aspect ratio of {width}x{height} beyond {MAX_ASPECT_RATIO:g}:1 (resizing it would need a huge array)"
+    return None
+
+
 def check_image(path: str | Path) -> str | None:
     """Cheaply check that ``path`` decodes to an RGB image: ``None`` if fine, else the reason.
 
@@ -151,6 +164,8 @@ def check_image(path: str | Path) -> str | None:
             with Image.open(path) as im:
                 if im.width < 1 or im.height < 1:
                     return f"zero-size image {im.width}x{im.height}"
+                if (problem := aspect_problem(im.width, im.height)) is not None:
+                    return problem
                 im.draft(None, (max(1, im.width // 8), max(1, im.height // 8)))
                 im.load()
                 to_rgb8(ImageOps.exif_transpose(im))

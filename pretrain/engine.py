@@ -31,6 +31,7 @@ from torch.utils.data import Dataset, Sampler
 from pretrain.checkpoint import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_FORMAT_VERSION,
+    CheckpointError,
     atomic_torch_save,
     atomic_write_text,
     load_checkpoint,
@@ -38,6 +39,7 @@ from pretrain.checkpoint import (
 from pretrain.config import PretrainConfig
 from pretrain.distributed import DistributedContext, all_reduce_sum
 from pretrain.methods import NonFiniteLossError, PretrainMethod
+from pretrain.preemption import Preempted, PreemptionGuard
 from pretrain.runinfo import code_version
 
 CHECKPOINT_PATTERN = "ckpt_{iteration:08d}.pt"
@@ -199,16 +201,84 @@ def save_checkpoint(method: PretrainMethod, config: PretrainConfig, run_dir: Pat
     return path
 
 
-def restore_checkpoint(method: PretrainMethod, path: Path) -> dict[str, Any]:
-    """Load ``path`` (weights_only) into ``method`` and the global RNGs; return the checkpoint dict."""
-    ckpt = load_checkpoint(path)
+def remove_stray_temporaries(run_dir: Path) -> list[Path]:
+    """Delete the temporary files an interrupted atomic write left in ``run_dir`` and ``run_dir/checkpoints``
+    (``.<name>.<random>.tmp``; see ``pretrain/checkpoint.py``). Call it only while holding the run-folder lock, so
+    that no other process is in the middle of such a write. Returns the removed paths."""
+    removed = []
+    for folder in (Path(run_dir), Path(run_dir) / "checkpoints"):
+        if not folder.is_dir():
+            continue
+        for tmp in sorted(folder.glob(".*.tmp")):
+            if tmp.is_file():
+                tmp.unlink()
+                removed.append(tmp)
+    return removed
+
+
+def check_resumable(ckpt: dict[str, Any], path: Path, method_name: str) -> None:
+    """Raise ``CheckpointError`` (one line naming ``path``) unless ``ckpt`` is a complete ``bench pretrain``
+    checkpoint of ``method_name``: the right format and method, with model, optimizer, iteration and RNG states."""
     if ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a `bench pretrain` checkpoint (format {ckpt.get('format')!r})")
-    if ckpt.get("method") != method.name:
-        raise ValueError(f"{path} was written by method {ckpt.get('method')!r}, not {method.name!r}")
-    method.load_state_dict({"model": ckpt["model"], "optimizer": ckpt["optimizer"]})
-    set_rng_state(ckpt["rng"])
+        kind = "a plain state dict" if ckpt.get("format") is None else f"format {ckpt.get('format')!r}"
+        raise CheckpointError(f"{path} is not a `bench pretrain` checkpoint ({kind}); --resume needs one")
+    if ckpt.get("method") != method_name:
+        raise CheckpointError(
+            f"{path} was written by --method {ckpt.get('method')}, not {method_name}; resume with "
+            f"--method {ckpt.get('method')} or choose another --out"
+        )
+    missing = [key for key in ("model", "optimizer", "rng", "iteration") if key not in ckpt]
+    rng = ckpt.get("rng")
+    if isinstance(rng, dict):
+        missing += [f"rng.{key}" for key in ("torch", "numpy", "python") if key not in rng]
+    if missing:
+        raise CheckpointError(
+            f"{path} lacks {', '.join(missing)}, without which the run cannot continue bit for bit; "
+            "resume from a complete checkpoint or start again with --overwrite"
+        )
+
+
+def newest_readable_checkpoint(run_dir: Path) -> tuple[Path | None, dict[str, Any] | None, list[str]]:
+    """``(path, checkpoint, problems)`` of the newest checkpoint of ``run_dir`` that loads; newer ones that are
+    truncated or unreadable are passed over and described in ``problems``."""
+    problems: list[str] = []
+    for path in reversed(list_checkpoints(run_dir)):
+        try:
+            return path, load_checkpoint(path), problems
+        except CheckpointError as exc:
+            problems.append(str(exc))
+    return None, None, problems
+
+
+def restore_checkpoint(method: PretrainMethod, path: Path, ckpt: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Load ``path`` (weights_only; or the already loaded ``ckpt``) into ``method`` and the global RNGs; return
+    the checkpoint dict. A checkpoint of another kind is a ``CheckpointError`` naming the file."""
+    ckpt = load_checkpoint(path) if ckpt is None else ckpt
+    check_resumable(ckpt, path, method.name)
+    try:
+        method.load_state_dict({"model": ckpt["model"], "optimizer": ckpt["optimizer"]})
+        set_rng_state(ckpt["rng"])
+    except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+        raise CheckpointError(f"{path} does not fit this network ({type(exc).__name__}: {exc})") from exc
     return ckpt
+
+
+#: a parameter beyond this magnitude means the run diverged (trained AlexNet weights stay far below 100)
+DIVERGED_MAGNITUDE = 1e8
+
+
+def weight_problem(state: dict[str, torch.Tensor]) -> str | None:
+    """Why a model state is not worth keeping as a good checkpoint (a tensor with NaN/Inf, or one beyond
+    ``DIVERGED_MAGNITUDE``), or None when every floating-point tensor is finite and sane."""
+    for name, tensor in state.items():
+        if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point() or tensor.numel() == 0:
+            continue
+        if not bool(torch.isfinite(tensor).all()):
+            return f"tensor {name} holds NaN or Inf"
+        peak = float(tensor.detach().abs().max())
+        if peak > DIVERGED_MAGNITUDE:
+            return f"tensor {name} reaches |w| = {peak:.3g} (diverged)"
+    return None
 
 
 # -- logging ----------------------------------------------------------------------------------------------------
@@ -312,10 +382,10 @@ def train_one_iteration(
     try:
         stats = method.training_step(images, mask_gen)
     except NonFiniteLossError as exc:
-        raise NonFiniteLossError(f"iteration {iteration + 1}: {exc}") from exc
+        raise NonFiniteLossError(f"iteration {iteration + 1}: {exc}", iteration=iteration + 1) from exc
     loss = stats.get("loss", 0.0)
     if not math.isfinite(loss):
-        raise NonFiniteLossError(f"{method.name}: loss is {loss} at iteration {iteration + 1}")
+        raise NonFiniteLossError(f"{method.name}: loss is {loss} at iteration {iteration + 1}", iteration=iteration + 1)
     return stats
 
 
@@ -339,11 +409,14 @@ def train_loop(
     end: int,
     logger: RunLogger,
     progress: Callable[..., Any] | None = None,
+    preemption: PreemptionGuard | None = None,
 ) -> LoopResult:
     """Train iterations ``start .. end-1`` from ``loader`` (which yields exactly those batches), logging every
     ``log_every``, writing a sample grid every ``sample_every`` and a checkpoint every ``checkpoint_every``
-    iterations and at ``end``. A non-finite loss raises ``NonFiniteLossError`` before any weight changes; the
-    checkpoints already on disk are untouched."""
+    iterations and at ``end``. A non-finite loss raises ``NonFiniteLossError`` before any weight changes, and
+    weights that went non-finite or diverged are never written as a checkpoint; the checkpoints already on disk
+    are untouched. When ``preemption`` saw SIGTERM/SIGINT, the current iteration ends with a checkpoint and
+    ``Preempted``."""
     method.train(True)
     global_batch = config.batch_size * ctx.world_size
     bar = progress(total=end, initial=start, desc=f"pretrain {method.name}", unit="it") if progress else None
@@ -370,8 +443,22 @@ def train_loop(
         if config.sample_every > 0 and (done % config.sample_every == 0 or done == end):
             grid = run_dir / "samples" / f"iter_{done:08d}.png"
             save_sample_grid(method, images, grid, config.seed, done, write=ctx.is_main)
-        if ctx.is_main and (done % config.checkpoint_every == 0 or done == end):
-            save_checkpoint(method, config, run_dir, done, config.keep_checkpoints)
+        stop = preemption is not None and preemption.agreed(ctx.distributed, ctx.device)
+        if done % config.checkpoint_every == 0 or done == end or stop:
+            # the loss of this iteration was finite, but its update may not be: check the weights themselves
+            # (on every rank, so that all stop together) before the checkpoint is kept as a good one
+            problem = weight_problem(method.state_dict()["model"])
+            if problem is not None:
+                raise NonFiniteLossError(
+                    f"iteration {done}: the weights after the update are not usable ({problem}); "
+                    "no checkpoint was written for it",
+                    iteration=done,
+                )
+            if ctx.is_main:
+                save_checkpoint(method, config, run_dir, done, config.keep_checkpoints)
+            if stop:
+                assert preemption is not None and preemption.signal_name is not None
+                raise Preempted(preemption.signal_name, done, str(checkpoint_path(run_dir, done)))
         if bar is not None:
             bar.update(1)
         iteration = done

@@ -11,12 +11,14 @@ which every pretraining run would otherwise pay).
 
 from __future__ import annotations
 
+import json
+import struct
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import save_file
+import torch
 
-from pretrain.checkpoint import CheckpointError, load_checkpoint
+from pretrain.checkpoint import CheckpointError, atomic_write_bytes, load_checkpoint
 from pretrain.runinfo import sha256_file
 
 EXPORT_NAME = "encoder.safetensors"
@@ -54,10 +56,33 @@ def export_checkpoint(checkpoint_path: str | Path, out: str | Path) -> Path:
         )
     tensors = {k: v.detach().float().contiguous().cpu() for k, v in encoder.items()}
     out = Path(out)
-    tmp = out.with_name(f".{out.name}.tmp")
-    save_file(tensors, str(tmp), metadata=export_metadata(ckpt, checkpoint_path))
-    tmp.replace(out)
+    atomic_write_bytes(out, safetensors_bytes(tensors, export_metadata(ckpt, checkpoint_path)))
     return out
+
+
+def safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+    """A safetensors file with its header in a fixed order (tensors by name, metadata keys sorted), so that the
+    same tensors and metadata always give the same bytes: ``safetensors.torch.save`` writes the metadata in hash
+    order, which changes from process to process, and ``weights.sha256`` in records would not name the weights.
+    The layout is the safetensors format: an 8-byte little-endian header length, the JSON header (padded with
+    spaces to a multiple of 8 bytes) and the raw little-endian tensor data."""
+    dtypes = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
+              torch.int64: "I64", torch.int32: "I32", torch.uint8: "U8", torch.bool: "BOOL"}  # fmt: skip
+    header: dict[str, Any] = {"__metadata__": dict(sorted(metadata.items()))}
+    blobs, offset = [], 0
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().contiguous().cpu()
+        blob = tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b""
+        header[name] = {
+            "dtype": dtypes[tensor.dtype],
+            "shape": list(tensor.shape),
+            "data_offsets": [offset, offset + len(blob)],
+        }
+        blobs.append(blob)
+        offset += len(blob)
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + b"".join(blobs)
 
 
 def export_run(run_dir: str | Path, checkpoint: str | Path | None = None, out: str | Path | None = None) -> Path:

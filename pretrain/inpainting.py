@@ -368,18 +368,13 @@ def export_generator(source: str | Path, out: str | Path, layout: str = "conv") 
     """Write the generator of ``source`` (see ``load_generator``) as safetensors, with the bottleneck in the
     convolutional layout of the Lua code (``layout="conv"``: ``bottleneck.weight [4000, 512, 4, 4]``,
     ``expand.weight [4000, 512, 4, 4]``) or the linear one used for training."""
-    from safetensors.torch import save_file
-
     from pretrain.checkpoint import atomic_write_bytes
+    from pretrain.export import safetensors_bytes
 
     if layout not in ("conv", "linear"):
         raise ValueError(f"layout must be 'conv' or 'linear', got {layout!r}")
     state = {k: v.detach().cpu().contiguous() for k, v in load_generator(source).generator.state_dict().items()}
     if layout == "conv":
         state = {k: v.contiguous() for k, v in to_conv_layout(state).items()}
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp_file = Path(tmp) / "generator.safetensors"
-        save_file(state, str(tmp_file), metadata={"layout": layout, "network": "InpaintingGenerator"})
-        return atomic_write_bytes(out, tmp_file.read_bytes())
+    # the header in a fixed order: exporting the same checkpoint twice gives the same bytes
+    return atomic_write_bytes(out, safetensors_bytes(state, {"layout": layout, "network": "InpaintingGenerator"}))

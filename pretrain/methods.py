@@ -50,7 +50,12 @@ from pretrain.models.context_encoder import ContextEncoder
 
 
 class NonFiniteLossError(RuntimeError):
-    """A loss became NaN or infinite; the run stops before the optimizer step so the last checkpoint stays good."""
+    """A loss became NaN or infinite; the run stops before the optimizer step so the last checkpoint stays good.
+    ``iteration``: the (1-based) iteration that failed, when known."""
+
+    def __init__(self, message: str, iteration: int | None = None) -> None:
+        super().__init__(message)
+        self.iteration = iteration
 
 
 @dataclass(frozen=True)

@@ -25,3 +25,6 @@ def test_export_of_an_inpainting_run_writes_the_conv_layout_generator(image_fold
     x = torch.rand(1, 3, 128, 128) * 2 - 1
     with torch.no_grad():
         torch.testing.assert_close(reloaded(x), trained(x), rtol=1e-4, atol=1e-5)
+    again = tmp_path / "again.safetensors"
+    assert main(["export", str(run), "--output", str(again)]) == 0
+    assert again.read_bytes() == exported.read_bytes()  # the header is written in a fixed order

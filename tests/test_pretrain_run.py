@@ -221,34 +221,41 @@ def test_missing_data_is_an_error_before_any_work(tmp_path: Path, capsys: pytest
     assert not out.exists()
 
 
+def _nan_run(image_folder: Path, out: Path, lr: str) -> int:
+    common = ["--iterations", "6", "--checkpoint-every", "1", "--sample-every", "0", "--workers", "0"]
+    return _pretrain(image_folder, out, "--lr", lr, *common)
+
+
 def test_non_finite_loss_stops_with_last_good_checkpoint(image_folder: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "nan"
-    # an absurd learning rate: the first Adam step moves every weight by ~1e30, the next forward pass overflows
-    rc = _pretrain(
-        image_folder,
-        out,
-        "--iterations",
-        "6",
-        "--lr",
-        "1e30",
-        "--checkpoint-every",
-        "1",
-        "--sample-every",
-        "0",
-        "--workers",
-        "0",
-    )
-    assert rc == 1
+    # a huge learning rate: the first Adam step moves every weight by ~1e6 (finite, kept), the next forward
+    # pass overflows
+    assert _nan_run(image_folder, out, "1e6") == 1
     err = capsys.readouterr().err
-    assert "not finite" in err and "iteration 2" in err
+    assert "not finite" in err and "iteration 2" in err and "ckpt_00000001.pt" in err
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "non-finite-loss" and "export" not in summary
+    assert summary["failed_iteration"] == 2 and summary["iteration"] == 1
+    assert summary["checkpoint"].endswith("ckpt_00000001.pt")
     ckpt = load_checkpoint(out / "checkpoints" / "ckpt_00000001.pt")
     assert ckpt["iteration"] == 1
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
     assert not (out / "checkpoints" / "ckpt_00000002.pt").exists()
     events = [json.loads(x).get("event") for x in (out / "log.jsonl").read_text().splitlines()]
     assert "non-finite-loss" in events
+
+
+@pytest.mark.parametrize(("lr", "problem"), [("1e30", "diverged"), ("1e39", "NaN or Inf")])
+def test_weights_broken_by_an_update_are_never_kept(image_folder: Path, tmp_path: Path, capsys, lr, problem) -> None:
+    # the loss of iteration 1 is finite, but its update leaves weights of ~1e30 (or Inf in float32): the
+    # checkpoint of iteration 1 must not be written as a "good" one
+    out = tmp_path / "diverged"
+    assert _nan_run(image_folder, out, lr) == 1
+    err = capsys.readouterr().err
+    assert "iteration 1" in err and problem in err and "last good checkpoint: none" in err
+    assert not list((out / "checkpoints").glob("*.pt")) if (out / "checkpoints").exists() else True
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["failed_iteration"] == 1 and summary["iteration"] == 0 and summary["checkpoint"] is None
 
 
 def test_autoencoder_and_bf16(image_folder: Path, tmp_path: Path) -> None:

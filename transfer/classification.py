@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,7 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from pretrain.data import aspect_problem
 from pretrain.distributed import DistributedContext, all_reduce_sum
 from transfer.input_norm import normalize_image
 from transfer.voc import (
@@ -131,8 +132,11 @@ def load_classification_items(
             try:
                 with Image.open(path) as im:
                     im.verify()
+                    problem = aspect_problem(im.width, im.height)
             except Exception as exc:  # PIL raises many types for broken files
                 raise VOCError(f"{path}: unreadable image ({exc})") from exc
+            if problem is not None:
+                raise VOCError(f"{path}: {problem}; --skip-bad skips it")
         except VOCError as exc:
             if not skip_bad:
                 raise
@@ -379,11 +383,6 @@ def lr_at(iteration: int, cfg: FinetuneConfig) -> float:
     return cfg.lr * cfg.lr_gamma ** (iteration // max(cfg.lr_step, 1))
 
 
-def _forever(loader: DataLoader) -> Iterator[Any]:
-    while True:
-        yield from loader
-
-
 def autocast(device: torch.device, precision: str) -> Any:
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
@@ -420,12 +419,20 @@ def finetune(
     device: torch.device,
     progress: Callable[[int, dict[str, float]], None] | None = None,
     ctx: DistributedContext | None = None,
+    resume: dict[str, Any] | None = None,
+    after_step: Callable[[int, torch.optim.Optimizer, dict[str, Any]], None] | None = None,
 ) -> dict[str, float]:
     """Run ``cfg.iterations`` SGD steps; abort on a non-finite loss. Returns summary statistics.
 
     Under torchrun (``ctx.distributed``) the model is wrapped in DistributedDataParallel, which first copies rank
     0's weights to every rank and then averages gradients; ``loader`` must yield this rank's share of each global
-    batch (:class:`pretrain.distributed.RankBatches`), so that the averaged gradient is the global batch's."""
+    batch (:class:`pretrain.distributed.RankBatches`), so that the averaged gradient is the global batch's.
+    ``resume``: a training checkpoint (``transfer/resumable.py``) to continue from, bit for bit (one process);
+    ``after_step(done, optimizer, state)`` runs after each iteration with what a checkpoint needs besides model and
+    optimizer."""
+    from pretrain.engine import set_rng_state
+    from transfer.resumable import EpochStream
+
     model.to(device).train()
     if cfg.train_from != "all":
         model.features.eval()  # frozen trunk (no dropout/BN inside; kept explicit)
@@ -434,10 +441,17 @@ def finetune(
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     opt = make_optimizer(model, cfg)
     params = [p for g in opt.param_groups for p in g["params"]]
-    batches = _forever(loader)
-    ema, first, last = math.nan, math.nan, math.nan
+    ema, first, last, begin = math.nan, math.nan, math.nan, 0
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        opt.load_state_dict(resume["optimizer"])
+        begin = int(resume["iteration"])
+        ema, first, last = (resume.get("stats") or {}).get("ema_first_last", (math.nan,) * 3)
+    batches = EpochStream(loader, resume["stream"] if resume is not None else None)
+    if resume is not None:  # after the stream's fast-forward, which may draw from the global RNG
+        set_rng_state(resume["rng"])
     start = time.perf_counter()
-    for it in range(cfg.iterations):
+    for it in range(begin, cfg.iterations):
         lr = lr_at(it, cfg)
         for g in opt.param_groups:
             g["lr"] = lr * g["lr_mult"]
@@ -453,6 +467,8 @@ def finetune(
         ema = value if math.isnan(ema) else 0.95 * ema + 0.05 * value
         if progress is not None:
             progress(it, {"loss": value, "loss_avg": ema, "lr": lr, "grad_norm": grad_norm})
+        if after_step is not None:
+            after_step(it + 1, opt, {"stream": batches.state(), "stats": {"ema_first_last": (ema, first, last)}})
     return {
         "loss_first": first,
         "loss_last": last,

@@ -2,7 +2,8 @@
 
 Tables are always regenerated from these files (DESIGN.md "Records, not logs"). The schema is documented in
 docs/records.md; ``validate_record`` checks it whenever a record is read. A record is written atomically and an
-existing record is never overwritten (a numbered suffix is added instead).
+existing record is never overwritten (a numbered suffix is added instead); a record that cannot be written is
+printed to stdout.
 
 Units: metric values are stored as the paper's tables print them: percentages for AP, IoU, accuracies and the
 inpainting L1/L2 errors, dB for PSNR.
@@ -13,10 +14,11 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
-from pretrain.checkpoint import atomic_write_json
+from pretrain.checkpoint import atomic_create_json
 from pretrain.runinfo import code_version, environment_info, utc_now_iso
 
 RECORD_SCHEMA = "context-encoders-bench/run-record"
@@ -154,20 +156,39 @@ def record_filename(record: dict[str, Any]) -> str:
     return f"{_slug(record['task'])}_{_slug(record['weights']['method'])}_seed{seed}.json"
 
 
+class RecordWriteError(RecordError):
+    """The record could not be written (full disk, read-only folder...); it was printed to stdout instead."""
+
+
+def _candidate_names(base: Path) -> Any:
+    yield base.name
+    n = 2
+    while True:
+        yield f"{base.stem}-{n}{base.suffix}"
+        n += 1
+
+
 def write_record(record: dict[str, Any], out_dir: str | Path, name: str | None = None) -> Path:
-    """Write ``record`` into ``out_dir`` atomically; never overwrite an existing file (adds ``-2``, ``-3``...)."""
+    """Write ``record`` into ``out_dir`` atomically under a free name (adds ``-2``, ``-3``... when taken); never
+    overwrites a file, even when other runs finish into the same folder at the same moment.
+
+    When the folder cannot be written (full disk, read-only, no permission) the record is printed to stdout so
+    the result is not lost, and ``RecordWriteError`` says where writing was tried."""
     errors = validate_record(record)
     if errors:
         raise RecordError("refusing to write an invalid record: " + "; ".join(errors))
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     base = Path(name or record_filename(record))
-    path = out_dir / base
-    n = 2
-    while path.exists():
-        path = out_dir / f"{base.stem}-{n}{base.suffix}"
-        n += 1
-    return atomic_write_json(path, record)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        return atomic_create_json(out_dir, _candidate_names(base), record)
+    except OSError as exc:
+        print(json.dumps(record, indent=2, sort_keys=True, default=str))
+        sys.stdout.flush()
+        raise RecordWriteError(
+            f"cannot write the run record to {out_dir / base} ({exc.strerror or exc}); the record was printed to "
+            "stdout above: save it as a .json file in a records folder to keep the result"
+        ) from exc
 
 
 def read_record(path: str | Path) -> dict[str, Any]:

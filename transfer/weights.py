@@ -81,7 +81,21 @@ def _trunk_state_from_dict(obj: dict[str, Any], path: Path) -> tuple[dict[str, t
     raise WeightsError(f"{path} holds no tensors that could be AlexNet trunk weights")
 
 
+def check_weight_values(state: dict[str, torch.Tensor], path: Path) -> None:
+    """Refuse tensors that cannot be trained weights: integer or boolean ones (a state dict of something else, or
+    a quantised export), and ones holding NaN or Inf (a run that diverged). The message names file and tensor."""
+    for name, tensor in sorted(state.items()):
+        if not tensor.is_floating_point():
+            raise WeightsError(f"{path}: tensor {name} has dtype {tensor.dtype}; weights must be floating point")
+        if not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise WeightsError(
+                f"{path}: tensor {name} holds {bad} NaN/Inf values (a diverged run?); use an earlier checkpoint"
+            )
+
+
 def _load_into(trunk: nn.Sequential, state: dict[str, torch.Tensor], path: Path) -> None:
+    check_weight_values(state, path)
     expected = trunk.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))

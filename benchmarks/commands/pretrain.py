@@ -60,7 +60,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="images to pretrain on: a folder searched recursively (jpg, jpeg, png, bmp, webp, ppm) or "
         "voc:ROOT[:YEAR[:SPLIT]] for the images of a VOC devkit split (required except for --method random)",
     )
-    io.add_argument("--out", required=True, help="run folder (created; an existing run needs --resume)")
+    io.add_argument(
+        "--out",
+        required=True,
+        help="run folder (created; an existing run needs --resume or --overwrite; one process per folder)",
+    )
     io.add_argument(
         "--preset",
         default="paper",
@@ -74,6 +78,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="continue the run in --out from its newest checkpoint, "
         "bit for bit (model, optimizer, schedule, data order, RNG states)",
+    )
+    io.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start a new run in an --out that holds an earlier one (its config, log, summary, export, "
+        "checkpoints, samples are removed first); without it such a folder is refused",
     )
     io.add_argument(
         "--crop-size", type=int, default=S, help="random square crop side in px " + _preset_help("crop_size")
@@ -271,33 +281,121 @@ def _print_config(config: Any) -> None:
         print(f"{key}: {value}")
 
 
+#: files that mark a folder as holding a run (with ``checkpoints/``); --overwrite removes them
+RUN_FILES = ("config.json", "env.json", "summary.json", "log.jsonl", "encoder.safetensors", "generator.safetensors")
+#: folders of a run that --overwrite removes
+RUN_FOLDERS = ("checkpoints", "samples", "tensorboard")
+
+
+def _run_files(run_dir: Path) -> list[str]:
+    return [name for name in RUN_FILES if (run_dir / name).exists()]
+
+
+def _clear_run(run_dir: Path) -> list[str]:
+    """--overwrite: remove the files and folders of the earlier run in ``run_dir`` (nothing else)."""
+    import shutil
+
+    removed = []
+    for name in RUN_FILES:
+        if (run_dir / name).is_file():
+            (run_dir / name).unlink()
+            removed.append(name)
+    for name in RUN_FOLDERS:
+        if (run_dir / name).is_dir():
+            shutil.rmtree(run_dir / name)
+            removed.append(f"{name}/")
+    return removed
+
+
+def _resume_point(config: Any, run_dir: Path, method_name: str) -> tuple[Path, dict[str, Any]] | None:
+    """Check the run folder before anything is written to it; return the checkpoint to resume from (None: a new
+    run). A finished or started run is never trained over unless --resume finds a real checkpoint or --overwrite
+    is given; the refusal says which."""
+    from pretrain import engine
+
+    ckpts = engine.list_checkpoints(run_dir)
+    others = _run_files(run_dir)
+    if config.overwrite:
+        if config.resume:
+            raise PretrainFailed("--resume and --overwrite contradict each other; choose one")
+        return None
+    if ckpts and not config.resume:
+        raise PretrainFailed(
+            f"{run_dir} already holds checkpoints ({ckpts[-1].name}); pass --resume to continue that run, "
+            "--overwrite to start a new one in its place, or choose another --out"
+        )
+    if not ckpts:
+        if others:
+            raise PretrainFailed(
+                f"{run_dir} holds a run ({', '.join(others)}) but no checkpoint to "
+                f"{'resume from' if config.resume else 'continue'}; refusing to train over it. Pass --overwrite "
+                "to start a new run in its place, or choose another --out"
+            )
+        if config.resume:
+            print(f"--resume: {run_dir} holds no run yet, starting a new one", file=sys.stderr)
+        return None
+    path, ckpt, problems = engine.newest_readable_checkpoint(run_dir)
+    for problem in problems:
+        print(f"--resume: passing over an unreadable checkpoint: {problem}", file=sys.stderr)
+    if path is None or ckpt is None:
+        raise PretrainFailed(
+            f"--resume: no checkpoint in {run_dir / 'checkpoints'} can be read ({len(problems)} tried); "
+            "pass --overwrite to start again, or choose another --out"
+        )
+    if problems:
+        print(f"--resume: falling back to {path}, the newest readable checkpoint", file=sys.stderr)
+    engine.check_resumable(ckpt, path, method_name)
+    conflicts = config.resume_conflicts(ckpt.get("config") or {})
+    if conflicts:
+        raise PretrainFailed(f"--resume with settings that change the run: {'; '.join(conflicts)}")
+    return path, ckpt
+
+
 def pretrain_main(config: Any) -> dict[str, Any]:
-    """Wire data, method, engine and export for one run (all ranks call it under torchrun). Returns the summary."""
+    """One run (all ranks call it under torchrun): rank 0 holds the run folder's lock for the whole run, so a
+    second process on the same folder stops at once. Returns the summary."""
+    import contextlib
+
+    from pretrain.runlock import command_line, run_folder_lock
+
+    run_dir = Path(config.out)
+    if os.environ.get("RANK", "0") != "0":
+        return _pretrain_locked(config, run_dir)
+    created = not run_dir.exists()
+    try:
+        with run_folder_lock(run_dir, command_line()):
+            return _pretrain_locked(config, run_dir)
+    finally:
+        # a run refused before it wrote anything leaves no empty folder behind
+        if created and run_dir.is_dir() and not any(run_dir.iterdir()):
+            with contextlib.suppress(OSError):
+                run_dir.rmdir()
+
+
+def _pretrain_locked(config: Any, run_dir: Path) -> dict[str, Any]:
+    """Wire data, method, engine and export for one run. Returns the summary."""
     from torch.nn.parallel import DistributedDataParallel
     from torch.utils.data import DataLoader
     from tqdm import tqdm
 
     from pretrain import engine
-    from pretrain.checkpoint import atomic_write_json, load_checkpoint
+    from pretrain.checkpoint import atomic_write_json
     from pretrain.data import build_pretrain_dataset
     from pretrain.distributed import barrier, cleanup_distributed, init_distributed
     from pretrain.export import EXPORT_NAME, export_checkpoint
     from pretrain.methods import METHODS, NonFiniteLossError
+    from pretrain.preemption import Preempted, PreemptionGuard, ignore_stop_signals
     from pretrain.runinfo import code_version, environment_info, sha256_file, utc_now_iso
 
     method_cls = METHODS[config.method]
-    run_dir = Path(config.out)
-    existing = engine.list_checkpoints(run_dir)
-    if existing and not config.resume:
-        raise PretrainFailed(
-            f"{run_dir} already holds checkpoints ({existing[-1].name}); pass --resume to continue "
-            "that run or choose another --out"
-        )
+    is_main = os.environ.get("RANK", "0") == "0"
     problems = config.problems()
     if problems:
         raise PretrainFailed("; ".join(problems))
-    if config.resume and not existing:
-        print(f"--resume: {run_dir} holds no checkpoint yet, starting a new run", file=sys.stderr)
+    if is_main:
+        for tmp in engine.remove_stray_temporaries(run_dir):
+            print(f"removed {tmp}, left by an interrupted write", file=sys.stderr)
+    resume_from = _resume_point(config, run_dir, method_cls.name)
     dataset = None
     if method_cls.trains:
         if not config.data:
@@ -311,6 +409,10 @@ def pretrain_main(config: Any) -> dict[str, Any]:
             scan_workers=config.scan_workers,
             cache_dir=config.cache_dir,
         )
+    if config.overwrite and is_main:
+        removed = _clear_run(run_dir)
+        if removed:
+            print(f"--overwrite: removed the earlier run's {', '.join(removed)} from {run_dir}", file=sys.stderr)
 
     ctx = init_distributed(config.device)
     try:
@@ -329,20 +431,18 @@ def pretrain_main(config: Any) -> dict[str, Any]:
             )
         method = method_cls(config, ctx.device)
         start = 0
-        if config.resume and existing:
-            saved = load_checkpoint(existing[-1]).get("config", {})
-            conflicts = config.resume_conflicts(saved)
-            if conflicts:
-                raise PretrainFailed(f"--resume with settings that change the run: {'; '.join(conflicts)}")
-            ckpt = engine.restore_checkpoint(method, existing[-1])
+        if resume_from is not None:
+            path, ckpt = resume_from
+            engine.restore_checkpoint(method, path, ckpt)
             start = int(ckpt["iteration"])
             if ctx.is_main:
-                print(f"resumed from {existing[-1]} at iteration {start}")
+                print(f"resumed from {path} at iteration {start}")
         logger = engine.RunLogger(run_dir, enabled=ctx.is_main, tensorboard=config.tensorboard)
         if start > 0:
             logger.truncate_after(start)
         end = config.iterations if config.stop_after is None else min(config.iterations, config.stop_after)
-        status, result, error = "completed", None, None
+        status, result, error, failed_at = "completed", None, None, None
+        preempted: Preempted | None = None
         if not method_cls.trains:
             if ctx.is_main:
                 engine.save_checkpoint(method, config, run_dir, 0, config.keep_checkpoints)
@@ -361,22 +461,47 @@ def pretrain_main(config: Any) -> dict[str, Any]:
                 num_workers=config.workers,
                 pin_memory=ctx.device.type == "cuda",
                 persistent_workers=False,
+                worker_init_fn=ignore_stop_signals,
             )
             logger.log({"event": "start", "iteration": start, "end": end, "time": utc_now_iso()})
             try:
-                result = engine.train_loop(
-                    method, loader, config, ctx, run_dir, start, end, logger, progress=tqdm if ctx.is_main else None
-                )
+                with PreemptionGuard() as guard:
+                    result = engine.train_loop(
+                        method,
+                        loader,
+                        config,
+                        ctx,
+                        run_dir,
+                        start,
+                        end,
+                        logger,
+                        progress=tqdm if ctx.is_main else None,
+                        preemption=guard,
+                    )
             except NonFiniteLossError as exc:
-                status, error = "non-finite-loss", str(exc)
-                logger.log({"event": "non-finite-loss", "message": error, "time": utc_now_iso()})
+                status, error, failed_at = "non-finite-loss", str(exc), exc.iteration
+                logger.log(
+                    {"event": "non-finite-loss", "message": error, "iteration": failed_at, "time": utc_now_iso()}
+                )
+            except Preempted as exc:
+                status, preempted = "preempted", exc
+                logger.log({"event": "preempted", "signal": exc.signal_name, "iteration": exc.iteration,
+                            "time": utc_now_iso()})  # fmt: skip
             if status == "completed" and end < config.iterations:
                 status = "stopped"
         barrier()
+        if result is not None:
+            reached = result.iteration
+        elif preempted is not None:
+            reached = preempted.iteration
+        elif failed_at is not None:
+            reached = failed_at - 1  # the iterations completed before the one that failed
+        else:
+            reached = start if status != "initialised" else 0
         summary: dict[str, Any] = {
             "method": config.method,
             "status": status,
-            "iteration": result.iteration if result else (start if status != "initialised" else 0),
+            "iteration": reached,
             "iterations_target": config.iterations,
             "final_loss": result.last_stats.get("loss") if result and result.last_stats else None,
             "final_stats": result.last_stats if result else {},
@@ -388,6 +513,10 @@ def pretrain_main(config: Any) -> dict[str, Any]:
             "skipped": [{"path": str(p), "reason": r} for p, r in (dataset.skipped if dataset is not None else [])],
             "finished": utc_now_iso(),
         }
+        if failed_at is not None:
+            summary["failed_iteration"] = failed_at
+        if preempted is not None:
+            summary["signal"] = preempted.signal_name
         if ctx.is_main:
             ckpts = engine.list_checkpoints(run_dir)
             summary["checkpoint"] = str(ckpts[-1]) if ckpts else None
@@ -397,7 +526,9 @@ def pretrain_main(config: Any) -> dict[str, Any]:
             atomic_write_json(run_dir / "summary.json", summary)
         logger.close()
         if error is not None:
-            raise PretrainFailed(f"{error} (last good checkpoint: {summary.get('checkpoint')})")
+            raise PretrainFailed(f"{error} (last good checkpoint: {summary.get('checkpoint') or 'none'})")
+        if preempted is not None:
+            raise preempted
         return summary
     finally:
         cleanup_distributed()
@@ -406,13 +537,18 @@ def pretrain_main(config: Any) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     from pretrain.checkpoint import CheckpointError
     from pretrain.data import DataError
+    from pretrain.preemption import EXIT_PREEMPTED, Preempted
+    from pretrain.runlock import RunFolderBusy
 
     config = resolve_config(args)
     try:
         summary = pretrain_main(config)
-    except (DataError, PretrainFailed, CheckpointError) as exc:
+    except (DataError, PretrainFailed, CheckpointError, RunFolderBusy) as exc:
         print(f"bench pretrain: error: {exc}", file=sys.stderr)
         return 1
+    except Preempted as exc:
+        print(f"bench pretrain: {exc}", file=sys.stderr)
+        return EXIT_PREEMPTED
     if os.environ.get("RANK", "0") != "0":
         return 0
     keys = ("status", "iteration", "final_loss", "skipped_images", "export")

@@ -161,6 +161,15 @@ def run(args: argparse.Namespace) -> int:
     except PlanError as exc:
         print(f"bench reproduce: {exc}", file=sys.stderr)
         return 2
+    if result.interrupted is not None:
+        from pretrain.preemption import EXIT_PREEMPTED
+
+        print(
+            f"bench reproduce: stopped by {result.interrupted} after {len(result.done)} cells; the interrupted cell "
+            f"kept its checkpoint; run the same command again to continue ({args.out}/plan.json)",
+            file=sys.stderr,
+        )
+        return EXIT_PREEMPTED
     print(
         f"bench reproduce: ran {len(result.ran)} cells ({len(result.done)} done, {len(result.failed)} failed) in "
         f"{args.out}",

@@ -52,7 +52,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a `bench pretrain` run folder, an encoder.safetensors, a .pt checkpoint, a torchvision "
         "AlexNet state dict, or 'random' (Gaussian init, the paper's baseline)",
     )
-    parser.add_argument("--out", required=True, help="folder for the run record (JSON) and outputs")
+    parser.add_argument(
+        "--out",
+        required=True,
+        help="folder for the run record (JSON) and outputs; a second run of the same task, weights and seed on it "
+        "stops at once while the first is running",
+    )
     parser.add_argument(
         "--preset",
         default="paper",
@@ -100,14 +105,55 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="skip (and count in the record) missing or malformed images, annotations and masks "
         "instead of stopping with an error",
     )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="cls and det: continue the interrupted training whose checkpoint is in OUT/checkpoints/, bit for bit "
+        "(model, optimizer, iteration, data order, RNG states)",
+    )
+    parser.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=1000,
+        help="cls and det: iterations between training checkpoints (one is also written when SIGTERM/SIGINT stops "
+        "the run; 0 = only then); the checkpoint is removed once the record is written",
+    )
     for task in TASKS:
         module = _task_module(task)
         if module is not None:
             module.add_arguments(parser.add_argument_group(f"--task {task}: {module.TITLE}"))
 
 
+def run_key(args: argparse.Namespace) -> str:
+    """What identifies one transfer run in ``--out``: its task, seed and weights. Runs with the same key would
+    write the same record name and training checkpoint; runs with different keys can share the folder."""
+    import hashlib
+    import os
+
+    weights = str(args.weights) if str(args.weights) == "random" else os.path.abspath(args.weights)
+    digest = hashlib.sha256(weights.encode()).hexdigest()[:12]
+    return f"{args.task}-seed{args.seed}-{digest}"
+
+
+def run_lock_name(args: argparse.Namespace) -> str:
+    """The lock file of one transfer run in ``--out``: only one run of a key (``run_key``) at a time."""
+    return f".bench-transfer-{run_key(args)}.lock"
+
+
 def run(args: argparse.Namespace) -> int:
+    import os
+    import sys
+
+    from pretrain.runlock import RunFolderBusy, command_line, run_folder_lock
+
     module = _task_module(args.task)
     if module is None:
         raise SystemExit(f"--task {args.task} is not available in this build")
-    return int(module.run(args) or 0)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 holds the lock for all ranks
+        return int(module.run(args) or 0)
+    try:
+        with run_folder_lock(args.out, command_line(), name=run_lock_name(args)):
+            return int(module.run(args) or 0)
+    except RunFolderBusy as exc:
+        print(f"bench transfer: error: {exc}", file=sys.stderr)
+        return 1

@@ -216,6 +216,7 @@ def _train_loader(dataset: Any, batch_size: int, seed: int, workers: int, ctx: A
     from torch.utils.data import BatchSampler, DataLoader, RandomSampler
 
     from pretrain.distributed import RankBatches
+    from pretrain.preemption import ignore_stop_signals
 
     gen = torch.Generator().manual_seed(seed)
     batches: Any = BatchSampler(RandomSampler(dataset, generator=gen), batch_size, len(dataset) >= batch_size)
@@ -233,8 +234,9 @@ def _train_loader(dataset: Any, batch_size: int, seed: int, workers: int, ctx: A
         batch_sampler=batches,
         num_workers=workers,
         generator=loader_gen,
-        persistent_workers=workers > 0,
+        persistent_workers=False,  # workers seeded afresh each epoch: what makes --resume bit for bit
         pin_memory=pin,
+        worker_init_fn=ignore_stop_signals,
     )
 
 
@@ -243,9 +245,11 @@ def _run(args: argparse.Namespace, ctx: Any) -> int:
     from torch.utils.data import DataLoader, Subset
     from tqdm import tqdm
 
+    from benchmarks.commands.transfer import run_key
     from benchmarks.presets import apply_preset
     from benchmarks.presets.cls import PRESETS
     from pretrain.distributed import gather_rows, shard_indices
+    from pretrain.preemption import Preempted, PreemptionGuard
     from pretrain.runinfo import utc_now_iso
     from transfer.classification import (
         FinetuneConfig,
@@ -260,6 +264,7 @@ def _run(args: argparse.Namespace, ctx: Any) -> int:
     from transfer.classification_ap import mean_average_precision
     from transfer.input_norm import resolve_input_norm
     from transfer.records import make_record, write_record
+    from transfer.resumable import TrainingCheckpoint
 
     started, t0 = utc_now_iso(), time.perf_counter()
     apply_preset(args, PRESETS, args.preset)
@@ -284,6 +289,11 @@ def _run(args: argparse.Namespace, ctx: Any) -> int:
         precision=args.precision,
         fc_width=args.cls_fc_width,
     )
+    # what --resume must not change (--iterations may: it only moves the end)
+    settings = {**cfg.to_dict(), "seed": args.seed, "classes": list(classes), "rescale": bool(args.rescale)}
+    settings.pop("iterations")
+    checkpoints = TrainingCheckpoint(args.out, run_key(args), args.checkpoint_every, settings)
+    resume = checkpoints.load(args.resume)
     model = build_classifier(trunk, len(classes), cfg, args.seed)
     pretrained_fc: list[str] = []
     if args.cls_pretrained_fc == "auto" and winfo.kind == "torchvision":
@@ -298,6 +308,8 @@ def _run(args: argparse.Namespace, ctx: Any) -> int:
         raise SystemExit(f"error: {exc}") from exc
     if ctx.distributed:  # augmentation and dropout differ between ranks, reproducibly
         torch.manual_seed(args.seed * 1000 + ctx.rank)
+        if resume is not None:
+            raise SystemExit("error: --resume of a classification run is supported in one process only (for now)")
     train_loader = _train_loader(
         VOCClassificationTrain(train_items, cfg), cfg.batch_size, args.seed, args.workers, ctx, device.type == "cuda"
     )
@@ -334,7 +346,16 @@ def _run(args: argparse.Namespace, ctx: Any) -> int:
         if it % 20 == 0 or it == cfg.iterations - 1:
             bar.set_postfix(loss=f"{stats['loss_avg']:.4f}", lr=f"{stats['lr']:.2g}")
 
-    train_stats = finetune(model, train_loader, cfg, device, on_step, ctx)
+    with PreemptionGuard() as guard:
+
+        def after_step(done: int, opt: Any, state: dict[str, Any]) -> None:
+            if guard.requested or checkpoints.due(done, cfg.iterations):
+                path = checkpoints.save(done, model, opt, **state)
+                if guard.requested:
+                    raise Preempted(str(guard.signal_name), done, str(path))
+
+        bar.update(resume["iteration"] if resume is not None else 0)
+        train_stats = finetune(model, train_loader, cfg, device, on_step, ctx, resume=resume, after_step=after_step)
     bar.close()
     model_path = None
     if args.cls_save_model and ctx.is_main:
@@ -427,6 +448,7 @@ def _run(args: argparse.Namespace, ctx: Any) -> int:
         extra=extra,
     )
     path = write_record(record, args.out)
+    checkpoints.finish()
     rows = [(k, f"{metrics[k]:.2f}") for k in sorted(metrics) if k.startswith("mAP")]
     rows += [(f"AP {c}", f"{v:.2f}") for c, v in per_class["AP"].items()]
     rows += [("skipped items", str(len(skipped_train) + len(skipped_eval))), ("record", str(path))]

@@ -13,6 +13,10 @@ from pathlib import Path
 from typing import Any
 
 TITLE = "Fast R-CNN detection on VOC2007"
+#: options that may change between an interrupted run and its --resume (they do not change the trained weights)
+RESUME_MUTABLE = frozenset(
+    {"resume", "checkpoint_every", "iterations", "workers", "proposal_workers", "write_voc_results", "device"}
+)
 PROTOCOL_ID = "voc07-fast-rcnn"
 PROTOCOL_VERSION = 2  # v2: 11-point recall levels as MATLAB's 0:0.1:1 (v1 used numpy's rounding)
 PROTOCOL_DESCRIPTION = (
@@ -221,10 +225,12 @@ def _run(args: argparse.Namespace, ctx: Any) -> int:
     import numpy as np
     import torch
 
+    from benchmarks.commands.transfer import run_key
     from benchmarks.presets import apply_preset
     from benchmarks.presets.det import PRESETS
     from pretrain.checkpoint import atomic_torch_save
     from pretrain.distributed import RankBatches
+    from pretrain.preemption import Preempted, PreemptionGuard, ignore_stop_signals
     from pretrain.runinfo import utc_now_iso
     from transfer.detection.data import (
         DetectionTrainSet,
@@ -240,6 +246,7 @@ def _run(args: argparse.Namespace, ctx: Any) -> int:
     from transfer.detection.train import NonFiniteLossError, TrainConfig, train
     from transfer.input_norm import resolve_input_norm
     from transfer.records import make_record, write_record
+    from transfer.resumable import TrainingCheckpoint
     from transfer.voc import VOC_CLASSES, VOCError, resolve_year_dir
     from transfer.weights import WeightsError, load_alexnet_trunk
 
@@ -264,6 +271,9 @@ def _run(args: argparse.Namespace, ctx: Any) -> int:
     except WeightsError as exc:
         raise SystemExit(f"error: {exc}") from exc
     args.input_norm = resolve_input_norm(args.input_norm, weights_info.kind)
+    settings = {k: v for k, v in _config(args).items() if k not in RESUME_MUTABLE}
+    checkpoints = TrainingCheckpoint(out, run_key(args), args.checkpoint_every, settings)
+    resume = checkpoints.load(args.resume)  # before the proposal pass: a refused --resume costs nothing
     try:
         year_dir = resolve_year_dir(args.voc_root, "2007")
         cache, proposal_info = _proposal_source(args, year_dir, [args.train_split, args.eval_split])
@@ -300,10 +310,13 @@ def _run(args: argparse.Namespace, ctx: Any) -> int:
     model.to(device)
     optimizer = torch.optim.SGD(parameter_groups(model, args.lr, 5e-4), lr=args.lr, momentum=0.9)
     train_cfg = TrainConfig(iterations=args.iterations, lr=args.lr, lr_step=args.det_lr_step, precision=args.precision)
+    start = checkpoints.restore(resume, model, optimizer) if resume is not None else 0
     dataset = DetectionTrainSet(usable, args.det_scale, args.det_max_size, args.input_norm, sampler)
-    batches: Any = TrainBatchSampler(len(usable), args.batch_size, args.iterations, args.seed)
+    batches: Any = TrainBatchSampler(len(usable), args.batch_size, args.iterations, args.seed, start=start)
     net: torch.nn.Module = model
     if ctx.distributed:  # every rank draws the same global mini-batches and trains on its images of each
+        if resume is not None:
+            raise SystemExit("error: --resume of a detection run is supported in one process only (for now)")
         if args.batch_size % ctx.world_size:
             raise SystemExit(
                 f"error: --batch-size {args.batch_size} must be a multiple of the {ctx.world_size} processes"
@@ -319,9 +332,23 @@ def _run(args: argparse.Namespace, ctx: Any) -> int:
         collate_fn=collate_detection,
         num_workers=args.workers,
         pin_memory=device.type == "cuda",
+        worker_init_fn=ignore_stop_signals,
+        # its own generator: starting the loader must not draw from the global RNG that dropout uses, or a resumed
+        # run's dropout would be one draw off
+        generator=torch.Generator().manual_seed(args.seed),
     )
     try:
-        train_summary = train(net, loader, optimizer, train_cfg, device, progress=ctx.is_main)
+        with PreemptionGuard() as guard:
+
+            def after_step(done: int) -> None:
+                if guard.requested or checkpoints.due(done, args.iterations):
+                    path = checkpoints.save(done, model, optimizer) if ctx.is_main else None
+                    if guard.requested:
+                        raise Preempted(str(guard.signal_name), done, str(path))
+
+            train_summary = train(
+                net, loader, optimizer, train_cfg, device, progress=ctx.is_main, start=start, after_step=after_step
+            )
     except NonFiniteLossError as exc:
         raise SystemExit(f"error: {exc}; lower --lr or check the weights") from exc
     except VOCError as exc:
@@ -383,6 +410,7 @@ def _run(args: argparse.Namespace, ctx: Any) -> int:
         },
     )
     path = write_record(record, out)
+    checkpoints.finish()
     _print_table(ap07, ap_auc, metrics)
     print(f"record: {path}")
     return 0

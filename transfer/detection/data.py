@@ -24,6 +24,7 @@ that vanish after clipping are dropped, images without objects and images withou
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,9 +64,13 @@ class DetectionDataReport:
     dropped_boxes: int = 0
     unknown_class_objects: int = 0
     skipped: list[str] = field(default_factory=list)
+    #: one line per questionable annotation, naming the file: a ``<size>`` that disagrees with the JPEG, and
+    #: boxes clipped to the image or dropped (inverted, or entirely outside it)
+    problems: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, object]:
         return {
+            "problems": list(self.problems),
             "images": self.images,
             "no_objects": self.no_objects,
             "no_proposals": self.no_proposals,
@@ -99,6 +104,13 @@ def load_detection_split(
             report.skipped.append(str(exc))
             continue
         w, h = ann.width, ann.height
+        xml = year_dir / "Annotations" / f"{image_id}.xml"
+        actual = _jpeg_size(path)
+        if actual is not None and actual != (w, h):
+            report.problems.append(
+                f"{xml}: <size> {w}x{h} disagrees with {path.name} ({actual[0]}x{actual[1]}); the JPEG's size is used"
+            )
+            w, h = actual
         boxes, labels, difficult = [], [], []
         for obj in ann.objects:
             if obj.name not in index:
@@ -107,6 +119,8 @@ def load_detection_split(
             x1, y1, x2, y2 = obj.box
             if x2 < max(x1, 0) or y2 < max(y1, 0) or x1 > min(x2, w - 1) or y1 > min(y2, h - 1):
                 report.dropped_boxes += 1  # inverted, or entirely outside the image
+                why = "x2 < x1 or y2 < y1" if (x2 < x1 or y2 < y1) else f"outside the {w}x{h} image"
+                report.problems.append(f"{xml}: {obj.name} box {obj.box} dropped ({why})")
                 continue
             cx1, cy1, cx2, cy2 = (
                 min(max(x1, 0), w - 1),
@@ -116,6 +130,7 @@ def load_detection_split(
             )
             if (cx1, cy1, cx2, cy2) != (x1, y1, x2, y2):
                 report.clipped_boxes += 1
+                report.problems.append(f"{xml}: {obj.name} box {obj.box} clipped to the {w}x{h} image")
             boxes.append((cx1, cy1, cx2, cy2))
             labels.append(index[obj.name])
             difficult.append(obj.difficult)
@@ -135,7 +150,20 @@ def load_detection_split(
                 proposals=props,
             )
         )
+    if report.problems:
+        shown = "; ".join(report.problems[:5])
+        more = f"; ... {len(report.problems) - 5} more in the record" if len(report.problems) > 5 else ""
+        warnings.warn(f"{split}: {len(report.problems)} annotation problems: {shown}{more}", stacklevel=2)
     return images, report
+
+
+def _jpeg_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) from the image header (no decoding), None when it cannot be read (reported elsewhere)."""
+    try:
+        with Image.open(path) as im:
+            return int(im.width), int(im.height)
+    except Exception:  # PIL raises many types for broken files; the loader reports the image when it is used
+        return None
 
 
 def image_scale(width: int, height: int, scale: int = 600, max_size: int = 1000) -> float:

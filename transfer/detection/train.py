@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -103,16 +103,19 @@ def train(
     cfg: TrainConfig,
     device: torch.device,
     progress: bool = True,
+    start: int = 0,
+    after_step: Callable[[int], None] | None = None,
 ) -> dict[str, float]:
-    """Run ``cfg.iterations`` steps over ``batches``; returns the mean losses of the last 20 iterations (Caffe's
-    ``average_loss``-style smoothing) and the iterations done."""
+    """Run iterations ``start .. cfg.iterations - 1`` over ``batches`` (which yields the batches of exactly those
+    iterations); ``after_step(done)`` runs after each (checkpoints, preemption). Returns the mean losses of the
+    last 20 iterations (Caffe's ``average_loss``-style smoothing) and the iterations done."""
     from tqdm import tqdm
 
     recent: list[dict[str, float]] = []
-    bar = tqdm(total=cfg.iterations, desc="fast r-cnn train", unit="it", disable=not progress)
-    done = 0
+    bar = tqdm(total=cfg.iterations, initial=start, desc="fast r-cnn train", unit="it", disable=not progress)
+    done = start
     try:
-        for it, batch in enumerate(batches):
+        for it, batch in enumerate(batches, start=start):
             if it >= cfg.iterations:
                 break
             lr = set_learning_rate(optimizer, cfg, it)
@@ -121,6 +124,8 @@ def train(
             done = it + 1
             bar.update(1)
             bar.set_postfix(loss=f"{stats['loss']:.3f}", cls=f"{stats['loss_cls']:.3f}", lr=f"{lr:g}")
+            if after_step is not None:
+                after_step(done)
     finally:
         bar.close()
     summary = {k: sum(r[k] for r in recent) / len(recent) for k in ("loss", "loss_cls", "loss_box")} if recent else {}

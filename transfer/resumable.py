@@ -1,0 +1,127 @@
+"""Checkpoints of transfer training (classification fine-tuning, Fast R-CNN), so that a preempted run continues.
+
+``bench transfer --task cls|det`` keeps one rolling checkpoint per run in ``OUT/checkpoints/`` (model, optimizer,
+iteration, every RNG state and, for classification, the position in the data stream), rewritten atomically every
+``--checkpoint-every`` iterations and when SIGTERM/SIGINT stops the run (``pretrain/preemption.py``). ``--resume``
+continues from it with the same weights, bit for bit, as a run that never stopped. The checkpoint is removed once
+the run's record is written.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from pretrain.checkpoint import CheckpointError, atomic_torch_save, load_checkpoint
+from pretrain.engine import rng_state, set_rng_state
+
+TRANSFER_CHECKPOINT_FORMAT = "context-encoders-bench/transfer-checkpoint"
+
+
+class EpochStream:
+    """Mini-batches of a shuffling ``DataLoader`` forever, epoch after epoch, with a resumable position.
+
+    The position is the loader generator's state when the current epoch began and the batches taken from it; a
+    resumed stream sets that state, starts the epoch again and skips the batches already taken (they are loaded
+    again, which costs at most one epoch of data loading once). The loader must not keep persistent workers: their
+    random state would carry over from earlier epochs."""
+
+    def __init__(self, loader: DataLoader, state: dict[str, Any] | None = None) -> None:
+        if loader.generator is None:
+            raise ValueError("EpochStream needs a DataLoader with a generator")
+        self.loader, self.generator = loader, loader.generator
+        self.epoch_start, self.taken = self.generator.get_state(), 0
+        self._iter: Iterator[Any] | None = None
+        if state is not None:
+            self.generator.set_state(state["epoch_start"])
+            self.epoch_start, skip = state["epoch_start"], int(state["taken"])
+            self._iter = iter(self.loader)
+            for _ in range(skip):
+                next(self._iter)
+            self.taken = skip
+
+    def __next__(self) -> Any:
+        while True:
+            if self._iter is None:
+                self.epoch_start, self.taken = self.generator.get_state(), 0
+                self._iter = iter(self.loader)
+            try:
+                batch = next(self._iter)
+            except StopIteration:
+                self._iter = None
+                continue
+            self.taken += 1
+            return batch
+
+    def __iter__(self) -> EpochStream:
+        return self
+
+    def state(self) -> dict[str, Any]:
+        if self._iter is not None and self.taken >= len(self.loader):  # the epoch is used up: start the next
+            return {"epoch_start": self.generator.get_state(), "taken": 0}
+        return {"epoch_start": self.epoch_start.clone(), "taken": self.taken}
+
+
+class TrainingCheckpoint:
+    """The rolling checkpoint of one transfer run (``OUT/checkpoints/<key>.pt``)."""
+
+    def __init__(self, out: str | Path, key: str, every: int, settings: dict[str, Any]) -> None:
+        self.path = Path(out) / "checkpoints" / f"{key}.pt"
+        self.every, self.settings = every, settings
+
+    def due(self, done: int, end: int) -> bool:
+        return self.every > 0 and done % self.every == 0 and done < end
+
+    def save(self, iteration: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer, **extra: Any) -> Path:
+        state = {
+            "format": TRANSFER_CHECKPOINT_FORMAT,
+            "iteration": iteration,
+            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "optimizer": optimizer.state_dict(),
+            "rng": rng_state(),
+            "settings": self.settings,
+            **extra,
+        }
+        return atomic_torch_save(state, self.path)
+
+    def load(self, resume: bool) -> dict[str, Any] | None:
+        """The checkpoint to continue from (None: start at iteration 0). Without ``resume`` an existing checkpoint
+        is an error: the run would otherwise start over and replace it."""
+        if not self.path.is_file():
+            if resume:
+                print(f"--resume: no checkpoint {self.path} yet, starting at iteration 0", file=sys.stderr)
+            return None
+        if not resume:
+            raise CheckpointError(
+                f"{self.path} holds an interrupted run of this task, weights and seed; pass --resume to continue it, "
+                "or delete the file to start again"
+            )
+        ckpt = load_checkpoint(self.path)
+        if ckpt.get("format") != TRANSFER_CHECKPOINT_FORMAT or not {"model", "optimizer", "rng"} <= set(ckpt):
+            raise CheckpointError(f"{self.path} is not a complete transfer checkpoint; delete it to start again")
+        saved = ckpt.get("settings") or {}
+        changed = sorted(k for k in self.settings if k in saved and saved[k] != self.settings[k])
+        if changed:
+            details = "; ".join(f"{k}: run has {saved[k]!r}, now {self.settings[k]!r}" for k in changed)
+            raise CheckpointError(f"--resume with settings that change the run ({self.path}): {details}")
+        print(f"resumed from {self.path} at iteration {ckpt['iteration']}", file=sys.stderr)
+        return ckpt
+
+    def restore(self, ckpt: dict[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
+        """Load weights, optimizer and RNG states of ``ckpt``; return its iteration."""
+        try:
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise CheckpointError(f"{self.path} does not fit this network ({exc})") from exc
+        set_rng_state(ckpt["rng"])
+        return int(ckpt["iteration"])
+
+    def finish(self) -> None:
+        """The run is recorded: its checkpoint is no longer needed."""
+        self.path.unlink(missing_ok=True)
