@@ -1,9 +1,9 @@
 """Presets of ``bench transfer --task svm`` (frozen-feature VOC2007 linear SVM probes, Goyal et al. 2019).
 
 ``paper``: the versioned protocol ``voc07-svm`` as documented in transfer/svm_probe.py (227-px centre crops, the
-full cost grid, all six layers). ``cpu``: conv5 (the primary layer) with a 5-value cost grid on the demo
-dataset, at 128 px (its images are 200x150): the full grid over six layers takes 14 minutes per run on 2 cores. ``smoke``: the same code on the fixture tree with small images, a 2-value cost grid and two
-layers.
+full cost grid, all six layers). ``cpu``: conv5 (the primary layer) with a 5-value cost grid on the demo dataset,
+at 128 px (its images are 200x150): the full grid over six layers takes 14 minutes per run on 2 cores.
+``smoke``: the same code on the fixture tree with small images, a 2-value cost grid and two layers.
 """
 
 from __future__ import annotations
