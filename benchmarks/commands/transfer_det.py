@@ -193,32 +193,17 @@ def run(args: argparse.Namespace) -> int:
 def _detect_sharded(model: Any, images: list[Any], classes: list[str], cfg: Any, device: Any, ctx: Any) -> Any:
     """Detections of every image, rank r detecting images r, r + world, ..., gathered and put back in image order
     (so tied scores keep the order a single process gives them), then scored against the whole split."""
-    import numpy as np
     from tqdm import tqdm
 
     from pretrain.distributed import gather_objects, shard_indices
-    from transfer.detection.evaluate import detect_image, ground_truth_by_class
-    from transfer.detection_ap import ClassDetections, evaluate_detections
+    from transfer.detection.evaluate import detect_image, score_detections
 
     mine = []
     for k in tqdm(shard_indices(len(images), ctx.rank, ctx.world_size), desc="fast r-cnn test", unit="img",
                   disable=not ctx.is_main):  # fmt: skip
         mine.append((k, *detect_image(model, images[k], cfg, device)))
     found = sorted((d for part in gather_objects(mine) for d in part), key=lambda d: d[0])
-    per_class: dict[str, tuple[list[str], list[float], list[Any]]] = {c: ([], [], []) for c in classes}
-    for k, boxes, scores, labels in found:
-        for b, sc, lab in zip(boxes, scores, labels):
-            ids, scs, bxs = per_class[classes[int(lab) - 1]]
-            ids.append(images[k].image_id)
-            scs.append(float(sc))
-            bxs.append(b)
-    detections = {
-        c: ClassDetections(ids, np.asarray(scs, np.float64), np.asarray(bxs, np.float64).reshape(-1, 4))
-        for c, (ids, scs, bxs) in per_class.items()
-    }
-    result = evaluate_detections(detections, ground_truth_by_class(images, classes), classes)
-    result["detections"] = int(sum(len(d.scores) for d in detections.values()))
-    return result, detections
+    return score_detections(images, [d[1:] for d in found], classes)
 
 
 def _run(args: argparse.Namespace, ctx: Any) -> int:

@@ -98,9 +98,20 @@ def evaluate(
     """Detect on every image and compute VOC AP: ``(evaluate_detections(...) result, detections per class)``."""
     from tqdm import tqdm
 
+    found = [detect_image(model, im, cfg, device) for im in tqdm(images, desc="fast r-cnn test", unit="img",
+                                                                  disable=not progress)]  # fmt: skip
+    return score_detections(images, found, classes)
+
+
+def score_detections(
+    images: Sequence[DetectionImage],
+    found: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    classes: Sequence[str],
+) -> tuple[dict[str, object], dict[str, ClassDetections]]:
+    """VOC AP of ``found[k] = (boxes, scores, labels)`` detected on ``images[k]``, in image order (the order in
+    which tied scores are ranked): ``(evaluate_detections(...) result, detections per class)``."""
     per_class: dict[str, tuple[list[str], list[float], list[np.ndarray]]] = {c: ([], [], []) for c in classes}
-    for im in tqdm(images, desc="fast r-cnn test", unit="img", disable=not progress):
-        boxes, scores, labels = detect_image(model, im, cfg, device)
+    for im, (boxes, scores, labels) in zip(images, found, strict=True):
         for b, s, lab in zip(boxes, scores, labels):
             ids, sc, bx = per_class[classes[int(lab) - 1]]
             ids.append(im.image_id)
