@@ -103,8 +103,15 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
         "pool5 and fc8 reads the 9216 pool5 values directly (no fc6/fc7)",
     )
     group.add_argument("--cls-crop-size", type=int, default=None, help="crop size in px (preset; paper 227)")
-    group.add_argument("--cls-min-scale", type=float, default=0.5, help="smallest scale augmentation factor (0.5)")
-    group.add_argument("--cls-max-scale", type=float, default=2.0, help="largest scale augmentation factor (2.0)")
+    group.add_argument(
+        "--cls-min-scale", type=float, default=None, help="smallest scale augmentation factor (preset; paper 0.5)"
+    )
+    group.add_argument(
+        "--cls-max-scale", type=float, default=None, help="largest scale augmentation factor (preset; paper 2.0)"
+    )
+    group.add_argument(
+        "--cls-dropout", type=float, default=None, help="dropout after fc6 and fc7 (preset; paper 0.5)"
+    )
     group.add_argument(
         "--cls-lr-step", type=int, default=None, help="iterations between lr halvings (preset; paper 10000)"
     )
@@ -282,6 +289,7 @@ def _run(args: argparse.Namespace, ctx: Any) -> int:
         crop_size=args.cls_crop_size,
         min_scale=args.cls_min_scale,
         max_scale=args.cls_max_scale,
+        dropout=args.cls_dropout,
         train_from=args.train_from,
         clip=args.clip,
         eval_crops=args.cls_eval_crops,
