@@ -134,14 +134,14 @@ def test_second_writer_stops_at_once_naming_the_holder(
 
 
 def test_transfer_and_reproduce_refuse_a_busy_folder(tmp_path: Path, subprocess_env: dict[str, str]) -> None:
-    import argparse
 
     from benchmarks.commands.transfer import run_lock_name
     from pretrain.runlock import run_folder_lock
+    from transfer.config import TransferRun
 
     out = tmp_path / "records"
-    args = argparse.Namespace(task="cls", weights="random", seed=0)
-    with run_folder_lock(out, "bench transfer --task cls (test holder)", name=run_lock_name(args)):
+    run = TransferRun(str(tmp_path), "random", str(out), seed=0)
+    with run_folder_lock(out, "bench transfer --task cls (test holder)", name=run_lock_name(run, "cls")):
         proc = subprocess.run(
             _bench_argv("transfer", "--task", "cls", "--voc-root", str(tmp_path), "--weights", "random", "--out",
                         str(out), "--seed", "0"),

@@ -15,7 +15,7 @@ import torch
 from pretrain.checkpoint import load_checkpoint
 
 TASK_ARGS = {
-    "cls": ["--cls-save-model"],
+    "cls": ["--save-model"],
     "det": ["--proposal-workers", "1", "--max-proposals", "50"],
 }
 FINAL_MODEL = {"cls": "cls_random_seed0_final.pt", "det": "fast_rcnn.pt"}
@@ -64,13 +64,12 @@ def test_sigterm_then_resume_is_bit_identical(
 def test_a_left_checkpoint_needs_resume_and_a_bad_one_is_named(
     voc_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    import argparse
 
     from benchmarks.cli import main
-    from benchmarks.commands.transfer import run_key
+    from transfer.config import TransferRun
 
     out = tmp_path / "out"
-    left = out / "checkpoints" / f"{run_key(argparse.Namespace(task='cls', seed=0, weights='random'))}.pt"
+    left = out / "checkpoints" / f"{TransferRun(str(voc_root), 'random', str(tmp_path / 'out')).key('cls')}.pt"
     left.parent.mkdir(parents=True)
     left.write_bytes(b"cut short")
     base = ["transfer", "--task", "cls", "--voc-root", str(voc_root), "--weights", "random", "--out", str(out),

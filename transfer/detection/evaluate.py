@@ -28,8 +28,8 @@ from torchvision.ops import batched_nms
 
 from transfer.detection.boxes import BoxCoder, clip_boxes
 from transfer.detection.data import DetectionImage, load_scaled_image
-from transfer.detection.train import autocast
 from transfer.detection_ap import ClassDetections, GroundTruth, evaluate_detections
+from transfer.engine import autocast
 
 
 @dataclass(frozen=True)

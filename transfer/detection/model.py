@@ -102,17 +102,6 @@ def freeze_trunk(model: FastRCNN, freeze_through: str | None) -> list[str]:
     return frozen
 
 
-def parameter_groups(model: nn.Module, lr: float, weight_decay: float) -> list[dict]:
-    """Caffe's per-parameter settings used by Fast R-CNN: weights at ``lr`` with weight decay, biases at ``2 * lr``
-    without weight decay (``lr_mult: 2, decay_mult: 0``). Frozen parameters are left out."""
-    weights = [p for n, p in model.named_parameters() if p.requires_grad and not n.endswith("bias")]
-    biases = [p for n, p in model.named_parameters() if p.requires_grad and n.endswith("bias")]
-    return [
-        {"params": weights, "lr": lr, "weight_decay": weight_decay, "lr_mult": 1.0},
-        {"params": biases, "lr": 2.0 * lr, "weight_decay": 0.0, "lr_mult": 2.0},
-    ]
-
-
 def rescale_fast_rcnn(model: FastRCNN, image_paths: list, norm: str, seed: int = 0) -> dict[str, object]:
     """``--rescale`` for Fast R-CNN: Krähenbühl's magic_init on the trunk and the re-initialised fc6/fc7.
 

@@ -41,6 +41,7 @@ from torch.utils.data import DataLoader, Dataset
 from pretrain.models.alexnet import LAYER_OUTPUT_INDEX
 from transfer.classification import VOCItem
 from transfer.classification_ap import average_precision
+from transfer.engine import autocast
 from transfer.input_norm import normalize_image
 from transfer.voc import load_image
 
@@ -132,7 +133,7 @@ def extract_features(
     pool = F.adaptive_avg_pool2d if protocol.pooling == "avg" else F.adaptive_max_pool2d
     for images, _ in loader:
         x = images.to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        with autocast(device, precision):
             for i, layer in enumerate(trunk):
                 x = layer(x)
                 if i in want:
