@@ -338,7 +338,7 @@ def test_two_process_torchrun_gives_the_same_map(
     import subprocess
     import sys
 
-    from tests.conftest import REPO_ROOT
+    REPO_ROOT = Path(__file__).resolve().parent.parent
 
     cache = det_tree["cache"]
     year_dir = det_tree["year_dir"]

@@ -85,7 +85,7 @@ def test_two_process_torchrun_gives_the_same_map(
     import subprocess
     import sys
 
-    from tests.conftest import REPO_ROOT
+    REPO_ROOT = Path(__file__).resolve().parent.parent
 
     common = ["benchmarks.cli", "transfer", "--task", "svm", "--voc-root", str(voc_root), "--weights", "random"]
     common += ["--preset", "smoke", "--layers", "conv2,conv5", "--device", "cpu"]

@@ -170,7 +170,7 @@ def test_smoke_finetune_writes_record_and_counts_skips(voc_root: Path, tmp_path:
     assert {"mAP_1crop", "mAP_2crop_voc07", "mAP_1crop_voc07"} <= set(rec["metrics"])  # smoke: 2 random crops
     # both Krähenbühl variants are stored; the scikit-learn <= 0.18 trapezoids never exceed the step-wise sum
     assert rec["metrics"]["mAP_2crop"] <= rec["metrics"]["mAP_2crop_stepwise"] + 1e-9
-    assert rec["config"]["ap_method"] == "krahenbuhl" and rec["protocol"]["version"] == 2
+    assert rec["config"]["ap"] == "krahenbuhl" and rec["protocol"]["version"] == 2
     assert rec["per_class"]["AP"] == rec["per_class"]["AP_2crop"]
     test_items, _ = load_classification_items(ydir, "test", VOC_CLASSES, skip_bad=True)
     with_positives = {c for k, c in enumerate(VOC_CLASSES) if any(i.labels[k] > 0 for i in test_items)}
@@ -262,7 +262,7 @@ def _bench(args: list[str], env: dict[str, str], nproc: int = 1) -> None:
     import subprocess
     import sys
 
-    from tests.conftest import REPO_ROOT
+    REPO_ROOT = Path(__file__).resolve().parent.parent
 
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), "-m"]
     cmd = [*(launcher if nproc > 1 else [sys.executable, "-m"]), "benchmarks.cli", *args]

@@ -80,3 +80,43 @@ def test_a_left_checkpoint_needs_resume_and_a_bad_one_is_named(
     assert main([*base, "--resume"]) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("bench transfer: error:") and str(left) in err
+
+
+def _torchrun(argv: list[str]) -> list[str]:
+    """``argv`` (``python -m benchmarks.cli ...``) launched as 2 gloo processes by torchrun."""
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m"]
+    return [*launcher, *argv[2:]]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["cls", "det"])
+def test_sigterm_then_resume_under_torchrun_is_bit_identical(
+    task: str, voc_root: Path, tmp_path: Path, subprocess_env: dict[str, str]
+) -> None:
+    """Two processes: every rank's RNG states and data-stream position are in the checkpoint, so a resumed torchrun
+    run continues each rank's dropout, augmentation and batch order where they stopped."""
+    out = tmp_path / "preempted"
+    cpu = ["--device", "cpu", "--batch-size", "4"]
+    proc = subprocess.Popen(_torchrun(_argv(task, voc_root, out, "--iterations", "100000", *cpu)),
+                            env=subprocess_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # fmt: skip
+    deadline = time.monotonic() + 1200
+    while not list((out / "checkpoints").glob("*.pt")):
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "no checkpoint was written"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)  # torchrun passes it on to both ranks
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode != 0 and "Traceback (most recent call last)" not in err.split("torch.distributed")[0]
+    (ckpt_path,) = (out / "checkpoints").glob("*.pt")
+    ckpt = load_checkpoint(ckpt_path)
+    stopped = ckpt["iteration"]
+    assert stopped >= 2 and ckpt["world_size"] == 2 and len(ckpt["ranks"]) == 2
+    assert not torch.equal(ckpt["ranks"][0]["rng"]["torch"], ckpt["ranks"][1]["rng"]["torch"])  # ranks differ
+    target = str(stopped + 2)
+    _run(_torchrun(_argv(task, voc_root, out, "--iterations", target, "--resume", *cpu)), subprocess_env)
+    reference = tmp_path / "reference"
+    _run(_torchrun(_argv(task, voc_root, reference, "--iterations", target, *cpu)), subprocess_env)
+    a = load_checkpoint(out / FINAL_MODEL[task])["model"]
+    b = load_checkpoint(reference / FINAL_MODEL[task])["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,9 +39,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from pretrain.data import aspect_problem
 from pretrain.distributed import DistributedContext, all_reduce_sum
+from pretrain.engine import set_rng_state
 from transfer.classification.config import ClassificationConfig
 from transfer.engine import NonFiniteLossError, autocast, caffe_param_groups, set_learning_rate, step_lr
 from transfer.input_norm import normalize_image
+from transfer.rescale import between_layer_scale_correction, within_layer_init_
+from transfer.resumable import EpochStream
 from transfer.voc import (
     VOC_CLASSES,
     VOCError,
@@ -281,8 +284,6 @@ def rescale_for_finetuning(
     fc8 keeps the protocol's N(0, 0.01) / 0.1 init, as ``train_cls.py`` adds ``fc8_cls`` after magic_init ran.
     ``images`` are training views (magic_init uses 10 batches for step 1 and one batch for step 2).
     """
-    from transfer.rescale import between_layer_scale_correction, within_layer_init_
-
     device = next(model.parameters()).device
     images = images.to(device)
     chain, names = model.layer_chain()
@@ -384,18 +385,17 @@ def finetune(
     ctx: DistributedContext | None = None,
     resume: dict[str, Any] | None = None,
     after_step: Callable[[int, torch.optim.Optimizer, dict[str, Any]], None] | None = None,
+    stream_generators: Sequence[torch.Generator] = (),
 ) -> dict[str, float]:
     """Run ``cfg.iterations`` SGD steps; abort on a non-finite loss. Returns summary statistics.
 
     Under torchrun (``ctx.distributed``) the model is wrapped in DistributedDataParallel, which first copies rank
     0's weights to every rank and then averages gradients; ``loader`` must yield this rank's share of each global
     batch (:class:`pretrain.distributed.RankBatches`), so that the averaged gradient is the global batch's.
-    ``resume``: a training checkpoint (``transfer/resumable.py``) to continue from, bit for bit (one process);
-    ``after_step(done, optimizer, state)`` runs after each iteration with what a checkpoint needs besides model and
-    optimizer."""
-    from pretrain.engine import set_rng_state
-    from transfer.resumable import EpochStream
-
+    ``resume``: this rank's view of a training checkpoint (``transfer/resumable.py``) to continue from, bit for
+    bit; ``after_step(done, optimizer, state)`` runs after each iteration with what a checkpoint needs besides model
+    and optimizer; ``stream_generators``: generators besides the loader's whose state orders the batches (a
+    sampler's own one under torchrun), kept in the data-stream position."""
     model.to(device).train()
     if cfg.train_from != "all":
         model.features.eval()  # frozen trunk (no dropout/BN inside; kept explicit)
@@ -410,7 +410,7 @@ def finetune(
         opt.load_state_dict(resume["optimizer"])
         begin = int(resume["iteration"])
         ema, first, last = (resume.get("stats") or {}).get("ema_first_last", (math.nan,) * 3)
-    batches = EpochStream(loader, resume["stream"] if resume is not None else None)
+    batches = EpochStream(loader, resume["stream"] if resume is not None else None, stream_generators)
     if resume is not None:  # after the stream's fast-forward, which may draw from the global RNG
         set_rng_state(resume["rng"])
     start = time.perf_counter()

@@ -105,8 +105,11 @@ def stored_ap_methods(primary: str) -> list[tuple[str, str]]:
     return [(m, "" if m == primary else AP_SUFFIXES[m]) for m in methods]
 
 
-def _train_loader(dataset: Any, batch_size: int, seed: int, workers: int, ctx: DistributedContext, pin: bool) -> Any:
-    """Seeded shuffled batches; under torchrun every rank draws the same global batches and takes its share."""
+def _train_loader(
+    dataset: Any, batch_size: int, seed: int, workers: int, ctx: DistributedContext, pin: bool
+) -> tuple[DataLoader, torch.Generator]:
+    """Seeded shuffled batches; under torchrun every rank draws the same global batches and takes its share.
+    Returns the loader and the generator that orders the batches (the loader's own one in one process)."""
     gen = torch.Generator().manual_seed(seed)
     batches: Any = BatchSampler(RandomSampler(dataset, generator=gen), batch_size, len(dataset) >= batch_size)
     loader_gen = gen
@@ -118,7 +121,7 @@ def _train_loader(dataset: Any, batch_size: int, seed: int, workers: int, ctx: D
             )
         batches = RankBatches(batches, ctx.rank, ctx.world_size)
         loader_gen = torch.Generator().manual_seed(seed * 1000 + ctx.rank)  # worker seeds differ between ranks
-    return DataLoader(
+    loader = DataLoader(
         dataset,
         batch_sampler=batches,
         num_workers=workers,
@@ -127,6 +130,7 @@ def _train_loader(dataset: Any, batch_size: int, seed: int, workers: int, ctx: D
         pin_memory=pin,
         worker_init_fn=ignore_stop_signals,
     )
+    return loader, gen
 
 
 def run_classification(cfg: ClassificationConfig, run: TransferRun, ctx: DistributedContext) -> dict[str, Any]:
@@ -143,7 +147,7 @@ def run_classification(cfg: ClassificationConfig, run: TransferRun, ctx: Distrib
     # what --resume must not change
     settings = {k: v for k, v in cfg.to_dict().items() if k not in RESUME_MUTABLE}
     settings |= {"seed": run.seed, "classes": list(classes)}
-    checkpoints = TrainingCheckpoint(run.out, run.key("cls"), cfg.checkpoint_every, settings)
+    checkpoints = TrainingCheckpoint(run.out, run.key("cls"), cfg.checkpoint_every, settings, ctx)
     resume = checkpoints.load(cfg.resume)
     model = build_classifier(trunk, len(classes), cfg, run.seed)
     pretrained_fc: list[str] = []
@@ -154,9 +158,7 @@ def run_classification(cfg: ClassificationConfig, run: TransferRun, ctx: Distrib
     trained = model.set_trainable(cfg.train_from)
     if ctx.distributed:  # augmentation and dropout differ between ranks, reproducibly
         torch.manual_seed(run.seed * 1000 + ctx.rank)
-        if resume is not None:
-            raise ProtocolError("--resume of a classification run is supported in one process only (for now)")
-    train_loader = _train_loader(
+    train_loader, order_generator = _train_loader(
         VOCClassificationTrain(train_items, cfg), cfg.batch_size, run.seed, cfg.workers, ctx, device.type == "cuda"
     )
     log(
@@ -195,13 +197,15 @@ def run_classification(cfg: ClassificationConfig, run: TransferRun, ctx: Distrib
     with PreemptionGuard() as guard:
 
         def after_step(done: int, opt: Any, state: dict[str, Any]) -> None:
-            if guard.requested or checkpoints.due(done, cfg.iterations):
+            stop = checkpoints.stop_requested(guard.requested)
+            if stop or checkpoints.due(done, cfg.iterations):
                 path = checkpoints.save(done, model, opt, **state)
-                if guard.requested:
-                    raise Preempted(str(guard.signal_name), done, str(path))
+                if stop:
+                    raise Preempted(guard.signal_name or "a signal to another process", done, str(path))
 
         bar.update(resume["iteration"] if resume is not None else 0)
-        train_stats = finetune(model, train_loader, cfg, device, on_step, ctx, resume=resume, after_step=after_step)
+        train_stats = finetune(model, train_loader, cfg, device, on_step, ctx, resume=resume, after_step=after_step,
+                               stream_generators=[order_generator])  # fmt: skip
     bar.close()
     model_path = None
     if cfg.save_model and ctx.is_main:

@@ -21,6 +21,7 @@ from torch import nn
 from torchvision.ops import RoIPool
 
 from pretrain.models.alexnet import CONV_INDEX, LAYER_OUTPUT_INDEX, trunk_out_channels
+from transfer.rescale import rescale_trunk
 
 NUM_CLASSES = 21  # background + 20 VOC classes
 FEATURE_STRIDE = 16
@@ -109,8 +110,6 @@ def rescale_fast_rcnn(model: FastRCNN, image_paths: list, norm: str, seed: int =
     measured on whole 227-px training views with pool5 (3x3 max pooling, stride 2: 6x6 at 227 px) standing in for
     RoI pooling, which is what Krähenbühl et al. did before handing the network to Fast R-CNN. cls_score and
     bbox_pred keep Fast R-CNN's fillers."""
-    from transfer.rescale import rescale_trunk
-
     fc6, fc7 = (m for m in model.head if isinstance(m, nn.Linear))
     head = [nn.MaxPool2d(3, 2), fc6, nn.ReLU(), fc7]
     return rescale_trunk(model.features, image_paths, norm, seed=seed, head=head, head_names=["fc6", "fc7"])

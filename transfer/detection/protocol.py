@@ -158,7 +158,7 @@ def run_detection(cfg: DetectionConfig, run: TransferRun, ctx: DistributedContex
     trunk, weights_info = load_alexnet_trunk(run.weights, seed=run.seed)
     cfg = dataclasses.replace(cfg, input_norm=resolve_input_norm(cfg.input_norm, weights_info.kind))
     settings = {k: v for k, v in cfg.to_dict().items() if k not in RESUME_MUTABLE} | {"seed": run.seed}
-    checkpoints = TrainingCheckpoint(out, run.key("det"), cfg.checkpoint_every, settings)
+    checkpoints = TrainingCheckpoint(out, run.key("det"), cfg.checkpoint_every, settings, ctx)
     resume = checkpoints.load(cfg.resume)  # before the proposal pass: a refused --resume costs nothing
     year_dir = resolve_year_dir(run.voc_root, "2007")
     cache, proposal_info = proposal_source(cfg, out, year_dir, [cfg.train_split, cfg.eval_split], ctx)
@@ -192,13 +192,11 @@ def run_detection(cfg: DetectionConfig, run: TransferRun, ctx: DistributedContex
     frozen = freeze_trunk(model, cfg.freeze_through)
     model.to(device)
     optimizer = torch.optim.SGD(caffe_param_groups(model, cfg.lr, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum)
-    start = checkpoints.restore(resume, model, optimizer) if resume is not None else 0
+    start = int(resume["iteration"]) if resume is not None else 0
     dataset = DetectionTrainSet(usable, cfg.scale, cfg.max_size, cfg.input_norm, sampler)
     batches: Any = TrainBatchSampler(len(usable), cfg.batch_size, cfg.iterations, run.seed, start=start)
     net: torch.nn.Module = model
     if ctx.distributed:  # every rank draws the same global mini-batches and trains on its images of each
-        if resume is not None:
-            raise ProtocolError("--resume of a detection run is supported in one process only (for now)")
         if cfg.batch_size % ctx.world_size:
             raise ProtocolError(f"--batch-size {cfg.batch_size} must be a multiple of the {ctx.world_size} processes")
         batches = RankBatches(batches, ctx.rank, ctx.world_size)
@@ -206,6 +204,8 @@ def run_detection(cfg: DetectionConfig, run: TransferRun, ctx: DistributedContex
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
+    if resume is not None:  # after the seeding above: each rank continues its own RNG streams
+        checkpoints.restore(resume, model, optimizer)
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_sampler=batches,
@@ -220,10 +220,11 @@ def run_detection(cfg: DetectionConfig, run: TransferRun, ctx: DistributedContex
     with PreemptionGuard() as guard:
 
         def after_step(done: int) -> None:
-            if guard.requested or checkpoints.due(done, cfg.iterations):
-                path = checkpoints.save(done, model, optimizer) if ctx.is_main else None
-                if guard.requested:
-                    raise Preempted(str(guard.signal_name), done, str(path))
+            stop = checkpoints.stop_requested(guard.requested)
+            if stop or checkpoints.due(done, cfg.iterations):
+                path = checkpoints.save(done, model, optimizer)
+                if stop:
+                    raise Preempted(guard.signal_name or "a signal to another process", done, str(path))
 
         train_summary = train(
             net, loader, optimizer, cfg, device, progress=ctx.is_main, start=start, after_step=after_step

@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Subset
+from tqdm import tqdm
 
 from pretrain.distributed import DistributedContext, all_reduce_sum
 from transfer.engine import autocast
@@ -55,8 +56,6 @@ def evaluate_fcn(
     hist = torch.zeros(num_classes, num_classes, dtype=torch.int64)
     iterator: Any = loader
     if progress and ctx.is_main:
-        from tqdm import tqdm
-
         iterator = tqdm(loader, desc="fcn eval", unit="img", dynamic_ncols=True)
     for batch in iterator:
         for image, mask, image_id in batch:

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save
 
 from pretrain.checkpoint import atomic_write_bytes
 from pretrain.distributed import DistributedContext, barrier
@@ -40,8 +41,6 @@ class SegmentationError(ProtocolError):
 
 
 def _load_fcn_weights(model: torch.nn.Module, path: Path) -> None:
-    from safetensors.torch import load_file
-
     if not path.is_file():
         raise SegmentationError(f"--fcn-weights file not found: {path}")
     try:
@@ -60,8 +59,6 @@ def _load_fcn_weights(model: torch.nn.Module, path: Path) -> None:
 
 
 def _save_fcn_weights(model: torch.nn.Module, path: Path) -> Path:
-    from safetensors.torch import save
-
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     return atomic_write_bytes(path, save(state, metadata={"format": "fcn-alexnet", "classes": ",".join(SEG_CLASSES)}))
 

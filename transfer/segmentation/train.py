@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
+from tqdm import tqdm
 
 from pretrain.distributed import DistributedContext
 from transfer.engine import NonFiniteLossError, autocast, caffe_param_groups, unwrap
@@ -183,8 +184,6 @@ def train_fcn(
     show = progress and ctx.is_main
     bar: Any = None
     if show:
-        from tqdm import tqdm
-
         bar = tqdm(total=iterations, desc="fcn train", unit="it", dynamic_ncols=True)
     log = log_path.open("a") if (log_path is not None and ctx.is_main) else None
     recent: list[float] = []
