@@ -107,7 +107,8 @@ def test_sigterm_then_resume_under_torchrun_is_bit_identical(
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)  # torchrun passes it on to both ranks
     _, err = proc.communicate(timeout=600)
-    assert proc.returncode != 0 and "Traceback (most recent call last)" not in err.split("torch.distributed")[0]
+    # torchrun's agent reports the signal with its own traceback; the ranks each say where they stopped
+    assert proc.returncode != 0 and "stopped by SIGTERM" in err and "--resume" in err
     (ckpt_path,) = (out / "checkpoints").glob("*.pt")
     ckpt = load_checkpoint(ckpt_path)
     stopped = ckpt["iteration"]
