@@ -110,9 +110,12 @@ def test_second_writer_stops_at_once_naming_the_holder(
 ) -> None:
     out = tmp_path / "busy"
     shutil.copytree(run4, out)
+    starts_of_run4 = (out / "log.jsonl").read_text().count('"event": "start"')
     first = _start_long_pretrain(image_folder, out, subprocess_env, "--resume")
     try:
-        _wait_for(lambda: _training(out), "the first run to start training", first)
+        # the copied log already holds run4's start: wait for the first run's own one (it holds the lock by then)
+        started = lambda: (out / "log.jsonl").read_text().count('"event": "start"') > starts_of_run4  # noqa: E731
+        _wait_for(started, "the first run to start training", first)
         lines_before = (out / "log.jsonl").read_text().count('"event": "start"')
         second = subprocess.run(
             _bench_argv("pretrain", "--data", str(image_folder), "--out", str(out), *TINY, "--resume"),
