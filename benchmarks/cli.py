@@ -10,8 +10,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import ModuleType
+from typing import Any
 
 #: subcommand -> module, in the order ``bench --help`` lists them
 COMMANDS: dict[str, str] = {
@@ -36,6 +37,18 @@ def _load(module_name: str) -> ModuleType | None:
         if exc.name == module_name:  # the command is not part of this build
             return None
         raise
+
+
+class _CommandParser(argparse.ArgumentParser):
+    """The parser of one subcommand. A command module with ``prepare_parser(parser, args)`` completes its parser
+    from the command line before it is parsed (``bench transfer`` adds the options of its ``--task``)."""
+
+    prepare: Callable[[argparse.ArgumentParser, list[str]], None] | None = None
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        if self.prepare is not None and args is not None:
+            self.prepare(self, list(args))
+        return super().parse_known_args(args, namespace)
 
 
 class _VersionAction(argparse.Action):
@@ -67,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action=_VersionAction, help="print the version and git commit, then exit")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_CommandParser)
     for name, module_name in COMMANDS.items():
         module = _load(module_name)
         if module is None:
@@ -79,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         )
         module.add_arguments(p)
+        p.prepare = getattr(module, "prepare_parser", None)
         p.set_defaults(_module=module)
     return parser
 
@@ -89,7 +103,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         keep_freed_memory()
     argv = list(sys.argv[1:] if argv is None else argv)
-    # `bench transfer` builds its task-specific options from --task before parsing (see commands/transfer.py)
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "_module", None) is None:

@@ -51,8 +51,7 @@ def _images(n: int, size: int | tuple[int, int], device: torch.device, seed: int
 
 def _pretrain_method(method: str, device: torch.device, precision: str, **overrides: Any) -> tuple[Any, Any]:
     """(method instance, config) with the paper preset of ``bench pretrain`` (and the method's overrides)."""
-    from benchmarks.presets.pretrain import PRESETS
-    from pretrain.config import PretrainConfig
+    from pretrain.config import PRESETS, PretrainConfig
     from pretrain.methods import METHODS
 
     if method not in METHODS:
@@ -221,8 +220,8 @@ def _jpeg_folder(count: int) -> Path:
 def data_loader(device: torch.device, precision: str, quick: bool) -> Workload:
     from torch.utils.data import DataLoader
 
-    from benchmarks.presets.pretrain import PRESETS
     from pretrain import engine
+    from pretrain.config import PRESETS
     from pretrain.data import UnlabeledImageDataset, find_images
 
     paper = PRESETS["paper"]
@@ -258,9 +257,9 @@ def data_loader(device: torch.device, precision: str, quick: bool) -> Workload:
 @register("cls_step", "classification fine-tuning: one SGD step (AlexNet + fc6-8, masked sigmoid cross-entropy)")
 def cls_step(device: torch.device, precision: str, quick: bool) -> Workload:
     from pretrain.models.alexnet import alexnet_trunk
-    from transfer.classification import FinetuneConfig, build_classifier, make_optimizer, train_step
+    from transfer.classification import ClassificationConfig, build_classifier, make_optimizer, train_step
 
-    cfg = FinetuneConfig(precision=precision)
+    cfg = ClassificationConfig(precision=precision)
     model = build_classifier(alexnet_trunk("torchvision"), 20, cfg, seed=0).to(device).train()
     opt = make_optimizer(model, cfg)
     params = [p for g in opt.param_groups for p in g["params"]]
@@ -282,7 +281,9 @@ def det_step(device: torch.device, precision: str, quick: bool) -> Workload:
     images_n, rois_per_image, (h, w) = 2, 64, (600, 800)
     model = model_mod.FastRCNN(alexnet_trunk("torchvision"), hidden=4096).to(device)
     model_mod.freeze_trunk(model, "conv1")
-    opt = torch.optim.SGD(model_mod.parameter_groups(model, 0.001, 5e-4), lr=0.001, momentum=0.9)
+    from transfer.engine import caffe_param_groups
+
+    opt = torch.optim.SGD(caffe_param_groups(model, 0.001, 5e-4), lr=0.001, momentum=0.9)
     gen = torch.Generator().manual_seed(0)
     xy = torch.rand(images_n * rois_per_image, 2, generator=gen) * torch.tensor([w - 64.0, h - 64.0])
     wh = 16 + torch.rand(images_n * rois_per_image, 2, generator=gen) * 300

@@ -123,7 +123,23 @@ def known_options(command: str) -> frozenset[str]:
 
 
 # ------------------------------------------------------------------------------------------------------ planning
+def current_option_names(argv: list[str]) -> list[str]:
+    """``argv`` of a ``bench`` command line with the transfer options of earlier versions under today's names (a
+    plan stored before the options were renamed resumes as if it had been made today)."""
+    from benchmarks.commands.transfer import RENAMED_OPTIONS
+
+    if not argv or argv[0] != "transfer" or "--task" not in argv[:-1]:
+        return list(argv)
+    renamed = RENAMED_OPTIONS.get(argv[argv.index("--task") + 1], {})
+    out = []
+    for arg in argv:
+        name, eq, value = arg.partition("=")
+        out.append(renamed.get(name, name) + eq + value if name in renamed else arg)
+    return out
+
+
 def _cell(cell_id: str, stage: str, argv: list[str], out: Path | None, depends_on: list[str], record: bool) -> dict:
+    argv = current_option_names(argv)
     return {
         "id": cell_id,
         "stage": stage,
@@ -265,6 +281,9 @@ def load_or_create_plan(opts: SweepOptions, replan: bool = False) -> dict[str, A
         raise PlanError(f"{path}: cannot read the plan ({exc}); move it away to start a new sweep") from exc
     if plan.get("format") != PLAN_FORMAT or plan.get("version") != PLAN_VERSION:
         raise PlanError(f"{path}: not a version-{PLAN_VERSION} reproduce plan")
+    for cell in plan["cells"]:
+        cell["argv"] = current_option_names(cell["argv"])
+        cell["command"] = shlex.join(["python", "-m", "benchmarks.cli", *cell["argv"]])
     old = {c["id"]: c for c in plan["cells"]}
     merged = []
     changed = []

@@ -1,8 +1,15 @@
 """The resolved configuration of one ``bench pretrain`` run.
 
 ``PretrainConfig`` is the single place a reader can check a run's protocol against the paper: the CLI fills it
-from (highest priority first) explicit flags, the preset (``benchmarks/presets/pretrain.py``, with the method's
-own preset overrides), and the method's option defaults. It is written to ``config.json`` in the run folder and
+from (highest priority first) explicit flags, the preset (``PRESETS`` below, with the method's own preset
+overrides), and the method's option defaults.
+
+``paper`` is the AlexNet context encoder of the feature-learning experiments (sources below and in
+docs/protocols/pretraining.md). ``cpu`` is the same code sized for 2 CPU cores on the demo dataset (128-px crops,
+bf16, a higher Adam lr for a run of thousands rather than 100k iterations; reasons and measurements in
+docs/protocols/cpu-preset.md). ``smoke`` runs the same code with toy numbers (under 2 minutes on 2 cores). A method
+can replace some of these values through its ``preset_overrides`` (e.g. the 128-px inpainting network); any flag
+given on the command line wins over both. It is written to ``config.json`` in the run folder and
 stored inside every checkpoint; ``--resume`` checks that the protocol-relevant fields did not change.
 """
 
@@ -36,10 +43,61 @@ RESUME_MUTABLE_FIELDS: frozenset[str] = frozenset(
 )
 
 
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {
+        # random region dropout is used for all feature-learning results (Pathak et al. 2016)
+        "mask": "random-region",
+        # 227x227 input (Pathak et al. 2016); shorter side 256 before the random crop is the Caffe AlexNet
+        # convention (the paper does not give it for the AlexNet context encoder)
+        "crop_size": 227,
+        "resize_short": 256,
+        # converges in about 100k iterations (Pathak et al. 2016)
+        "iterations": 100_000,
+        # official Lua train.lua: batchSize 64, Adam lr 2e-4 (opt.lr), beta1 0.5; see docs/protocols/pretraining.md
+        "batch_size": 64,
+        "lr": 2e-4,
+        "precision": "fp32",
+        "workers": 4,
+        "log_every": 20,
+        "sample_every": 1000,
+        "checkpoint_every": 5000,
+        "keep_checkpoints": 3,
+    },
+    "cpu": {
+        "mask": "random-region",
+        "crop_size": 128,
+        "resize_short": 144,
+        "iterations": 3000,
+        "batch_size": 16,
+        "lr": 1e-3,
+        "precision": "bf16",
+        "workers": 1,
+        "log_every": 20,
+        "sample_every": 500,
+        "checkpoint_every": 500,
+        "keep_checkpoints": 2,
+    },
+    "smoke": {
+        "mask": "random-region",
+        "crop_size": 227,
+        "resize_short": 240,
+        "iterations": 20,
+        "batch_size": 4,
+        "lr": 2e-4,
+        "precision": "fp32",
+        "workers": 0,
+        "log_every": 5,
+        "sample_every": 10,
+        "checkpoint_every": 10,
+        "keep_checkpoints": 2,
+    },
+}
+
+
 @dataclass
 class PretrainConfig:
     """Every value a pretraining run depends on. Defaults are the ``paper`` preset of the context encoder;
-    sources are given in ``benchmarks/presets/pretrain.py`` and docs/protocols/pretraining.md."""
+    sources are given in ``PRESETS`` and docs/protocols/pretraining.md."""
 
     data: str
     out: str

@@ -24,10 +24,11 @@ from transfer.detection.data import (
     load_detection_split,
 )
 from transfer.detection.evaluate import EvalConfig, detect_image, evaluate, ground_truth_by_class
-from transfer.detection.model import FastRCNN, freeze_trunk, parameter_groups
+from transfer.detection.model import FastRCNN, freeze_trunk
 from transfer.detection.proposals import ProposalCache, compute_proposals
 from transfer.detection.train import fast_rcnn_loss, train_step
 from transfer.detection_ap import ClassDetections, evaluate_detections
+from transfer.engine import caffe_param_groups
 from transfer.records import read_record
 from transfer.voc import VOC_CLASSES, VOCError, image_path, read_image_set, resolve_year_dir
 from transfer.weights import load_alexnet_trunk
@@ -168,7 +169,7 @@ def test_train_step_updates_unfrozen_layers_only(det_tree: dict, precision: str)
     model = _small_model()
     assert freeze_trunk(model, "conv1") == ["conv1"]
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    optimizer = torch.optim.SGD(parameter_groups(model, 0.001, 5e-4), lr=0.001, momentum=0.9)
+    optimizer = torch.optim.SGD(caffe_param_groups(model, 0.001, 5e-4), lr=0.001, momentum=0.9)
     stats = train_step(model, batch, optimizer, torch.device("cpu"), precision)
     after = model.state_dict()
     assert np.isfinite(stats["loss"]) and stats["fg_rois"] > 0
@@ -232,7 +233,7 @@ def test_smoke_transfer_det_writes_a_valid_record(det_tree: dict, tmp_path: Path
     assert record["extra"]["proposals"]["computed"] == 0  # everything came from the cache
     assert record["extra"]["eval_data"]["no_objects"] == 1 and record["extra"]["eval_data"]["no_proposals"] == 1
     assert record["extra"]["train_data"]["clipped_boxes"] == 1 and record["extra"]["train"]["iterations"] == 3
-    assert record["config"]["det_fc_dim"] == 512 and record["weights"]["method"] == "random"
+    assert record["config"]["fc_width"] == 512 and record["weights"]["method"] == "random"
     assert record["config"]["input_norm"] == "minus1to1"  # auto, for non-torchvision weights
     results = sorted((out / "results").glob("comp4_det_test_*.txt"))
     assert len(results) == 20
@@ -243,11 +244,12 @@ def test_smoke_transfer_det_writes_a_valid_record(det_tree: dict, tmp_path: Path
 
 
 def test_rcnn_mat_files_feed_the_proposal_cache(det_tree: dict, tmp_path: Path) -> None:
-    import argparse
-
     import scipy.io
 
-    from benchmarks.commands.transfer_det import _proposal_source
+    from pretrain.distributed import init_distributed
+    from transfer.config import ProtocolError
+    from transfer.detection.config import DetectionConfig
+    from transfer.detection.protocol import proposal_source
 
     year_dir, cache = det_tree["year_dir"], det_tree["cache"]
     for split in ("trainval", "test"):
@@ -257,13 +259,14 @@ def test_rcnn_mat_files_feed_the_proposal_cache(det_tree: dict, tmp_path: Path) 
             b = cache.load(i)[:50]
             boxes[k] = b[:, (1, 0, 3, 2)] + 1.0  # back to R-CNN's 1-based y1 x1 y2 x2
         scipy.io.savemat(tmp_path / f"voc_2007_{split}.mat", {"boxes": boxes})  # no 'images': split order
-    args = argparse.Namespace(proposals=str(tmp_path / "cache"), out=str(tmp_path), rcnn_mat=str(tmp_path))
-    mat_cache, info = _proposal_source(args, year_dir, ["trainval", "test"])
+    cfg = DetectionConfig(proposals=str(tmp_path / "cache"), rcnn_mat=str(tmp_path))
+    ctx = init_distributed("cpu")
+    mat_cache, info = proposal_source(cfg, tmp_path, year_dir, ["trainval", "test"], ctx)
     assert info["source"] == "rcnn-mat" and info["imported"] == 60
     some = read_image_set(year_dir, "test")[5]
     np.testing.assert_array_equal(mat_cache.load(some), cache.load(some)[:50])
-    with pytest.raises(SystemExit, match=r"voc_2007_val\.mat"):
-        _proposal_source(args, year_dir, ["val"])
+    with pytest.raises(ProtocolError, match=r"voc_2007_val\.mat"):
+        proposal_source(cfg, tmp_path, year_dir, ["val"], ctx)
 
 
 def test_cli_errors_name_the_bad_argument_before_any_work(det_tree: dict, tmp_path: Path) -> None:
@@ -335,7 +338,7 @@ def test_two_process_torchrun_gives_the_same_map(
     import subprocess
     import sys
 
-    from tests.conftest import REPO_ROOT
+    REPO_ROOT = Path(__file__).resolve().parent.parent
 
     cache = det_tree["cache"]
     year_dir = det_tree["year_dir"]

@@ -45,7 +45,7 @@ def fit_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _fit_classifier(root: Path, iterations: int, lr: float, seed: int = 0) -> tuple[object, float]:
     """Fine-tune a rescaled random trunk on VOC2007 train and score it on the same images (1 centre crop)."""
     from transfer.classification import (
-        FinetuneConfig,
+        ClassificationConfig,
         VOCClassificationEval,
         VOCClassificationTrain,
         build_classifier,
@@ -60,7 +60,7 @@ def _fit_classifier(root: Path, iterations: int, lr: float, seed: int = 0) -> tu
 
     torch.manual_seed(seed)
     items, _ = load_classification_items(resolve_year_dir(root, "2007"), "train", VOC_CLASSES)
-    cfg = FinetuneConfig(
+    cfg = ClassificationConfig(
         iterations=iterations,
         batch_size=16,
         lr=lr,
@@ -71,6 +71,7 @@ def _fit_classifier(root: Path, iterations: int, lr: float, seed: int = 0) -> tu
         fc_width=512,
         eval_crops=0,
         precision="bf16",
+        input_norm="minus1to1",
     )
     trunk, _ = load_alexnet_trunk("random", seed=seed)
     model = build_classifier(trunk, len(VOC_CLASSES), cfg, seed)
@@ -123,6 +124,7 @@ def _fit_fast_rcnn(root: Path, work: Path, iterations: int, lr: float, seed: int
     """Fast R-CNN on a rescaled random trunk: selective-search proposals from the real proposal code (the
     ground-truth boxes join them in training, as Fast R-CNN's roidb does), trained on VOC2007 train and scored by
     VOC07 AP on the same images."""
+    from transfer.detection.config import DetectionConfig
     from transfer.detection.data import (
         DetectionTrainSet,
         RoISampler,
@@ -132,9 +134,10 @@ def _fit_fast_rcnn(root: Path, work: Path, iterations: int, lr: float, seed: int
         load_detection_split,
     )
     from transfer.detection.evaluate import EvalConfig, evaluate
-    from transfer.detection.model import FastRCNN, freeze_trunk, parameter_groups, rescale_fast_rcnn
+    from transfer.detection.model import FastRCNN, freeze_trunk, rescale_fast_rcnn
     from transfer.detection.proposals import ProposalCache, compute_proposals
-    from transfer.detection.train import TrainConfig, train
+    from transfer.detection.train import train
+    from transfer.engine import caffe_param_groups
     from transfer.voc import VOC_CLASSES, image_path, read_image_set, resolve_year_dir
     from transfer.weights import load_alexnet_trunk
 
@@ -149,8 +152,8 @@ def _fit_fast_rcnn(root: Path, work: Path, iterations: int, lr: float, seed: int
     model = FastRCNN(trunk, hidden=512, seed=seed)
     rescale_fast_rcnn(model, [im.path for im in usable], "minus1to1", seed=seed)
     freeze_trunk(model, "conv1")
-    cfg = TrainConfig(iterations=iterations, lr=lr, lr_step=int(iterations * 0.75), precision="bf16")
-    optimizer = torch.optim.SGD(parameter_groups(model, lr, cfg.weight_decay), lr=lr, momentum=cfg.momentum)
+    cfg = DetectionConfig(iterations=iterations, lr=lr, lr_step=int(iterations * 0.75), precision="bf16")
+    optimizer = torch.optim.SGD(caffe_param_groups(model, lr, cfg.weight_decay), lr=lr, momentum=cfg.momentum)
     loader = DataLoader(
         DetectionTrainSet(usable, 160, 267, "minus1to1", sampler),
         batch_sampler=TrainBatchSampler(len(usable), 2, iterations, seed),

@@ -210,3 +210,35 @@ def test_inpainting_cells_evaluate_the_patch_based_baselines_and_feed_the_plot_c
         assert argv[argv.index("--baseline") + 1] == b and command_available(argv)[0]
     plot = by_id["report/plot"]["argv"]
     assert plot[plot.index("--records") + 1] == str(out / "records")  # where the inpaint-eval records are copied
+
+
+def test_a_plan_stored_with_the_old_option_names_still_resumes(tmp_path: Path) -> None:
+    from benchmarks.reproduce import load_or_create_plan, plan_path, save_plan
+
+    out = tmp_path / "sweep"
+    old_args = {"cls": ["--cls-fc-width", "256", "--cls-lr-step=3"], "seg": ["--save-fcn", "--seg-no-flip"]}
+    opts = SweepOptions(out=str(out), voc_root="VOC", data="IMGS", tasks=("cls", "seg"), methods=("random",),
+                        stage_args=old_args)  # fmt: skip
+    plan = load_or_create_plan(opts)
+    # the plan as an earlier version wrote it: the old names in every command line, one cell already done
+    for cell in plan["cells"]:
+        for new, old in (("--fc-width", "--cls-fc-width"), ("--lr-step=3", "--cls-lr-step=3"),
+                         ("--save-model", "--save-fcn"), ("--no-flip", "--seg-no-flip")):  # fmt: skip
+            cell["argv"] = [old if a == new else a for a in cell["argv"]]
+    done = "transfer/cls/random/seed0"
+    next(c for c in plan["cells"] if c["id"] == done).update(status="done", attempts=1)
+    out.mkdir()
+    save_plan(plan, out)
+    assert "--cls-fc-width" in plan_path(out).read_text()
+
+    resumed = {c["id"]: c for c in load_or_create_plan(opts)["cells"]}  # same options: no PlanError
+    assert resumed[done]["status"] == "done" and resumed[done]["attempts"] == 1
+    cls_argv, seg_argv = resumed[done]["argv"], resumed["transfer/seg/random/seed0"]["argv"]
+    assert cls_argv[-3:] == ["--fc-width", "256", "--lr-step=3"] and seg_argv[-2:] == ["--save-model", "--no-flip"]
+    assert "--cls-fc-width" not in resumed[done]["command"]
+    # the commands it will run parse with today's parser
+    from benchmarks.cli import build_parser
+
+    for argv in (cls_argv, seg_argv):
+        args = build_parser().parse_args(argv)
+        assert args.task in ("cls", "seg")

@@ -110,9 +110,12 @@ def test_second_writer_stops_at_once_naming_the_holder(
 ) -> None:
     out = tmp_path / "busy"
     shutil.copytree(run4, out)
+    starts_of_run4 = (out / "log.jsonl").read_text().count('"event": "start"')
     first = _start_long_pretrain(image_folder, out, subprocess_env, "--resume")
     try:
-        _wait_for(lambda: _training(out), "the first run to start training", first)
+        # the copied log already holds run4's start: wait for the first run's own one (it holds the lock by then)
+        started = lambda: (out / "log.jsonl").read_text().count('"event": "start"') > starts_of_run4  # noqa: E731
+        _wait_for(started, "the first run to start training", first)
         lines_before = (out / "log.jsonl").read_text().count('"event": "start"')
         second = subprocess.run(
             _bench_argv("pretrain", "--data", str(image_folder), "--out", str(out), *TINY, "--resume"),
@@ -134,14 +137,14 @@ def test_second_writer_stops_at_once_naming_the_holder(
 
 
 def test_transfer_and_reproduce_refuse_a_busy_folder(tmp_path: Path, subprocess_env: dict[str, str]) -> None:
-    import argparse
 
     from benchmarks.commands.transfer import run_lock_name
     from pretrain.runlock import run_folder_lock
+    from transfer.config import TransferRun
 
     out = tmp_path / "records"
-    args = argparse.Namespace(task="cls", weights="random", seed=0)
-    with run_folder_lock(out, "bench transfer --task cls (test holder)", name=run_lock_name(args)):
+    run = TransferRun(str(tmp_path), "random", str(out), seed=0)
+    with run_folder_lock(out, "bench transfer --task cls (test holder)", name=run_lock_name(run, "cls")):
         proc = subprocess.run(
             _bench_argv("transfer", "--task", "cls", "--voc-root", str(tmp_path), "--weights", "random", "--out",
                         str(out), "--seed", "0"),

@@ -97,7 +97,7 @@ def damaged(voc_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[P
 def smoke_run(damaged: tuple[Path, Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("seg_out")
     args = ["transfer", "--task", "seg", "--voc-root", str(damaged[0]), "--weights", "random", "--out", str(out)]
-    args += ["--preset", "smoke", "--iterations", "2", "--skip-bad", "--save-fcn", "--save-predictions", "--rescale"]
+    args += ["--preset", "smoke", "--iterations", "2", "--skip-bad", "--save-model", "--save-predictions", "--rescale"]
     val_id = voc_items(damaged[0], "val")[0].image_id
     _write_sbd(out / "sbd", {"train": ["2008_000001", val_id], "val": []})
     args += ["--sbd-root", str(out / "sbd")]
@@ -141,7 +141,7 @@ def test_smoke_training_writes_a_valid_record(smoke_run: Path, capsys: pytest.Ca
     assert hist.shape == (21, 21) and hist.sum() == rec["extra"]["labelled_pixels"] > 0
     assert set(rec["per_class"]["IoU"]) <= set(SEG_CLASSES)
     assert set(rec["per_class"]["IoU"]) | set(rec["extra"]["absent_classes"]) == set(SEG_CLASSES)
-    assert rec["config"]["iterations"] == 2 and rec["config"]["fc_channels"] == 256
+    assert rec["config"]["iterations"] == 2 and rec["config"]["fc_width"] == 256
     log = [json.loads(line) for line in (smoke_run / "train_log.jsonl").read_text().splitlines()]
     assert log[-1]["iteration"] == 2 and np.isfinite(log[-1]["loss"])
     preds = sorted((smoke_run / "predictions").glob("*.png"))

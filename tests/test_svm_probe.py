@@ -62,7 +62,7 @@ def test_cost_selection_and_probe_use_train_only() -> None:
 
 def test_smoke_svm_probe_writes_record(voc_root: Path, tmp_path: Path) -> None:
     argv = ["transfer", "--task", "svm", "--voc-root", str(voc_root), "--weights", "random", "--out",
-            str(tmp_path), "--preset", "smoke", "--svm-layers", "conv2,conv5"]  # fmt: skip
+            str(tmp_path), "--preset", "smoke", "--layers", "conv2,conv5"]  # fmt: skip
     assert main(argv) == 0
     (path,) = tmp_path.glob("*.json")
     rec = read_record(path)
@@ -85,10 +85,10 @@ def test_two_process_torchrun_gives_the_same_map(
     import subprocess
     import sys
 
-    from tests.conftest import REPO_ROOT
+    REPO_ROOT = Path(__file__).resolve().parent.parent
 
     common = ["benchmarks.cli", "transfer", "--task", "svm", "--voc-root", str(voc_root), "--weights", "random"]
-    common += ["--preset", "smoke", "--svm-layers", "conv2,conv5", "--device", "cpu"]
+    common += ["--preset", "smoke", "--layers", "conv2,conv5", "--device", "cpu"]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m"]
     records = {}
     for name, launcher in (("one", [sys.executable, "-m"]), ("two", torchrun)):

@@ -13,7 +13,7 @@ from torch import nn
 
 from benchmarks.cli import main
 from transfer.classification import (
-    FinetuneConfig,
+    ClassificationConfig,
     VOCClassificationEval,
     VOCClassificationTrain,
     build_classifier,
@@ -61,7 +61,7 @@ def test_bad_items_name_file_or_are_skipped(voc_root: Path, tmp_path: Path) -> N
 def test_views_and_model_shapes(voc_root: Path) -> None:
     ydir = resolve_year_dir(voc_root, "2007")
     items, _ = load_classification_items(ydir, "test", VOC_CLASSES)
-    cfg = FinetuneConfig(crop_size=67, eval_crops=3, fc_width=32)
+    cfg = ClassificationConfig(crop_size=67, eval_crops=3, fc_width=32, input_norm="minus1to1")
     image, labels = VOCClassificationTrain(items, cfg)[0]
     assert image.shape == (3, 67, 67) and labels.shape == (20,)
     assert float(image.min()) >= -1.0 and float(image.max()) <= 1.0
@@ -76,7 +76,7 @@ def test_views_and_model_shapes(voc_root: Path) -> None:
     trained = model.set_trainable("fc8")
     assert trained == ["classifier.fc8.weight", "classifier.fc8.bias"]
     assert len(model.set_trainable("fc6")) == 6 and len(model.set_trainable("all")) == 16
-    clipped = build_classifier(load_alexnet_trunk("random")[0], 20, FinetuneConfig(clip="pool5"), seed=0)
+    clipped = build_classifier(load_alexnet_trunk("random")[0], 20, ClassificationConfig(clip="pool5"), seed=0)
     assert clipped.fc("fc8").in_features == 9216 and not hasattr(clipped.classifier, "fc6")
     with pytest.raises(ValueError, match="clip pool5"):
         clipped.set_trainable("fc6")
@@ -158,7 +158,7 @@ def test_smoke_finetune_writes_record_and_counts_skips(voc_root: Path, tmp_path:
     (ydir / "Annotations" / f"{bad}.xml").write_text("<annotation>")
     with pytest.raises(SystemExit, match=rf"{bad}\.xml: malformed XML"):
         main(_smoke_args(voc, tmp_path / "out"))
-    argv = _smoke_args(voc, tmp_path / "out", "--skip-bad", "--rescale", "--iterations", "3", "--cls-save-model")
+    argv = _smoke_args(voc, tmp_path / "out", "--skip-bad", "--rescale", "--iterations", "3", "--save-model")
     assert main(argv) == 0
     records = list((tmp_path / "out").glob("*.json"))
     assert len(records) == 1
@@ -170,7 +170,7 @@ def test_smoke_finetune_writes_record_and_counts_skips(voc_root: Path, tmp_path:
     assert {"mAP_1crop", "mAP_2crop_voc07", "mAP_1crop_voc07"} <= set(rec["metrics"])  # smoke: 2 random crops
     # both Krähenbühl variants are stored; the scikit-learn <= 0.18 trapezoids never exceed the step-wise sum
     assert rec["metrics"]["mAP_2crop"] <= rec["metrics"]["mAP_2crop_stepwise"] + 1e-9
-    assert rec["config"]["ap_method"] == "krahenbuhl" and rec["protocol"]["version"] == 2
+    assert rec["config"]["ap"] == "krahenbuhl" and rec["protocol"]["version"] == 2
     assert rec["per_class"]["AP"] == rec["per_class"]["AP_2crop"]
     test_items, _ = load_classification_items(ydir, "test", VOC_CLASSES, skip_bad=True)
     with_positives = {c for k, c in enumerate(VOC_CLASSES) if any(i.labels[k] > 0 for i in test_items)}
@@ -218,25 +218,30 @@ def test_every_weight_source_builds_a_classifier(tmp_path: Path) -> None:
     for source, (method, norm) in sources.items():
         trunk, info = load_alexnet_trunk(source)
         assert info.method == method and resolve_input_norm("auto", info.kind) == norm
-        model = build_classifier(trunk, 20, FinetuneConfig(fc_width=16), seed=0)
+        model = build_classifier(trunk, 20, ClassificationConfig(fc_width=16), seed=0)
         assert model(x).shape == (1, 20)
         if source != "random":
             assert torch.equal(model.features.state_dict()["0.weight"], trunk_sd["0.weight"])  # trunk kept
 
 
-def test_help_lists_cls_and_svm_options(capsys: pytest.CaptureFixture[str]) -> None:
+def test_help_of_cls_and_svm_lists_their_own_options(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
-        main(["transfer", "--help"])
+        main(["transfer", "--task", "cls", "--help"])
     text = capsys.readouterr().out
-    for flag in ("--train-from", "--clip", "--cls-eval-crops", "--svm-costs", "--svm-primary-layer", "--classes"):
-        assert flag in text
+    assert all(flag in text for flag in ("--train-from", "--clip", "--eval-crops", "--classes", "--voc-root"))
+    assert "--costs" not in text and "--primary-layer" not in text
+    with pytest.raises(SystemExit):
+        main(["transfer", "--task", "svm", "--help"])
+    text = capsys.readouterr().out
+    assert all(flag in text for flag in ("--costs", "--primary-layer", "--classes", "--voc-root"))
+    assert "--train-from" not in text and "--eval-crops" not in text
 
 
 def test_torchvision_fc6_fc7_are_used_when_present() -> None:
     from transfer.classification import load_pretrained_fc
 
     trunk, _ = load_alexnet_trunk("random")
-    model = build_classifier(trunk, 20, FinetuneConfig(fc_width=64), seed=0)
+    model = build_classifier(trunk, 20, ClassificationConfig(fc_width=64), seed=0)
     state = {
         "classifier.1.weight": torch.full((64, 9216), 0.5),
         "classifier.1.bias": torch.full((64,), 0.25),
@@ -249,7 +254,7 @@ def test_torchvision_fc6_fc7_are_used_when_present() -> None:
         model.fc("fc7").bias.detach()[0]
     ) == pytest.approx(0.1)
     assert torch.equal(model.fc("fc8").weight.detach(), fc8_before)
-    clipped = build_classifier(load_alexnet_trunk("random")[0], 20, FinetuneConfig(clip="pool5"), seed=0)
+    clipped = build_classifier(load_alexnet_trunk("random")[0], 20, ClassificationConfig(clip="pool5"), seed=0)
     assert load_pretrained_fc(clipped, state) == []
 
 
@@ -257,7 +262,7 @@ def _bench(args: list[str], env: dict[str, str], nproc: int = 1) -> None:
     import subprocess
     import sys
 
-    from tests.conftest import REPO_ROOT
+    REPO_ROOT = Path(__file__).resolve().parent.parent
 
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), "-m"]
     cmd = [*(launcher if nproc > 1 else [sys.executable, "-m"]), "benchmarks.cli", *args]

@@ -1,16 +1,17 @@
 """Checkpoints of transfer training (classification fine-tuning, Fast R-CNN), so that a preempted run continues.
 
 ``bench transfer --task cls|det`` keeps one rolling checkpoint per run in ``OUT/checkpoints/`` (model, optimizer,
-iteration, every RNG state and, for classification, the position in the data stream), rewritten atomically every
-``--checkpoint-every`` iterations and when SIGTERM/SIGINT stops the run (``pretrain/preemption.py``). ``--resume``
-continues from it with the same weights, bit for bit, as a run that never stopped. The checkpoint is removed once
-the run's record is written.
+iteration and, for every process of the run, its RNG states and, for classification, its position in the data
+stream), rewritten atomically every ``--checkpoint-every`` iterations and when SIGTERM/SIGINT stops the run
+(``pretrain/preemption.py``). ``--resume`` continues from it, in one process or under torchrun with the same number
+of processes, with the same weights, bit for bit, as a run that never stopped. The checkpoint is removed once the
+run's record is written.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from pretrain.checkpoint import CheckpointError, atomic_torch_save, load_checkpoint
+from pretrain.distributed import DistributedContext, all_reduce_sum, gather_objects
 from pretrain.engine import rng_state, set_rng_state
 
 TRANSFER_CHECKPOINT_FORMAT = "context-encoders-bench/transfer-checkpoint"
@@ -26,20 +28,29 @@ TRANSFER_CHECKPOINT_FORMAT = "context-encoders-bench/transfer-checkpoint"
 class EpochStream:
     """Mini-batches of a shuffling ``DataLoader`` forever, epoch after epoch, with a resumable position.
 
-    The position is the loader generator's state when the current epoch began and the batches taken from it; a
-    resumed stream sets that state, starts the epoch again and skips the batches already taken (they are loaded
-    again, which costs at most one epoch of data loading once). The loader must not keep persistent workers: their
-    random state would carry over from earlier epochs."""
+    The position is the state of the loader's generator (and of ``generators``, e.g. a sampler's own generator under
+    torchrun) when the current epoch began and the batches taken from it; a resumed stream sets those states,
+    starts the epoch again and skips the batches already taken (they are loaded again, which costs at most one
+    epoch of data loading once). The loader must not keep persistent workers: their random state would carry over
+    from earlier epochs."""
 
-    def __init__(self, loader: DataLoader, state: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, loader: DataLoader, state: dict[str, Any] | None = None, generators: Sequence[torch.Generator] = ()
+    ) -> None:
         if loader.generator is None:
             raise ValueError("EpochStream needs a DataLoader with a generator")
-        self.loader, self.generator = loader, loader.generator
-        self.epoch_start, self.taken = self.generator.get_state(), 0
+        self.loader = loader
+        self.generators = [loader.generator, *(g for g in generators if g is not loader.generator)]
+        self.epoch_start, self.taken = self._states(), 0
         self._iter: Iterator[Any] | None = None
         if state is not None:
-            self.generator.set_state(state["epoch_start"])
-            self.epoch_start, skip = state["epoch_start"], int(state["taken"])
+            starts = state["epoch_start"]
+            starts = list(starts) if isinstance(starts, (list, tuple)) else [starts]
+            if len(starts) != len(self.generators):
+                raise CheckpointError("the checkpoint's data-stream position does not fit this run's sampler")
+            for g, s in zip(self.generators, starts):
+                g.set_state(s)
+            self.epoch_start, skip = starts, int(state["taken"])
             self._iter = iter(self.loader)
             for _ in range(skip):
                 next(self._iter)
@@ -48,7 +59,7 @@ class EpochStream:
     def __next__(self) -> Any:
         while True:
             if self._iter is None:
-                self.epoch_start, self.taken = self.generator.get_state(), 0
+                self.epoch_start, self.taken = self._states(), 0
                 self._iter = iter(self.loader)
             try:
                 batch = next(self._iter)
@@ -61,33 +72,52 @@ class EpochStream:
     def __iter__(self) -> EpochStream:
         return self
 
+    def _states(self) -> list[torch.Tensor]:
+        return [g.get_state() for g in self.generators]
+
     def state(self) -> dict[str, Any]:
         if self._iter is not None and self.taken >= len(self.loader):  # the epoch is used up: start the next
-            return {"epoch_start": self.generator.get_state(), "taken": 0}
-        return {"epoch_start": self.epoch_start.clone(), "taken": self.taken}
+            return {"epoch_start": self._states(), "taken": 0}
+        return {"epoch_start": [s.clone() for s in self.epoch_start], "taken": self.taken}
 
 
 class TrainingCheckpoint:
-    """The rolling checkpoint of one transfer run (``OUT/checkpoints/<key>.pt``)."""
+    """The rolling checkpoint of one transfer run (``OUT/checkpoints/<key>.pt``), written by rank 0 with the
+    per-process states of every rank."""
 
-    def __init__(self, out: str | Path, key: str, every: int, settings: dict[str, Any]) -> None:
+    def __init__(
+        self, out: str | Path, key: str, every: int, settings: dict[str, Any], ctx: DistributedContext
+    ) -> None:
         self.path = Path(out) / "checkpoints" / f"{key}.pt"
-        self.every, self.settings = every, settings
+        self.every, self.settings, self.ctx = every, settings, ctx
 
     def due(self, done: int, end: int) -> bool:
         return self.every > 0 and done % self.every == 0 and done < end
 
-    def save(self, iteration: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer, **extra: Any) -> Path:
-        state = {
-            "format": TRANSFER_CHECKPOINT_FORMAT,
-            "iteration": iteration,
-            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-            "optimizer": optimizer.state_dict(),
-            "rng": rng_state(),
-            "settings": self.settings,
-            **extra,
-        }
-        return atomic_torch_save(state, self.path)
+    def stop_requested(self, requested: bool) -> bool:
+        """Whether any process of the run was asked to stop (every rank calls it each iteration under torchrun, so
+        that all of them checkpoint and stop at the same iteration)."""
+        if not self.ctx.distributed:
+            return requested
+        return bool(all_reduce_sum(torch.tensor([int(requested)]))[0])
+
+    def save(self, iteration: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer, **rank_state: Any) -> Path:
+        """Every rank calls it: each rank's RNG states and ``rank_state`` (its data-stream position, statistics) go
+        into the file rank 0 writes."""
+        ranks = gather_objects({"rng": rng_state(), **rank_state})
+        if self.ctx.is_main:
+            state = {
+                "format": TRANSFER_CHECKPOINT_FORMAT,
+                "iteration": iteration,
+                "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                "optimizer": optimizer.state_dict(),
+                "settings": self.settings,
+                "world_size": self.ctx.world_size,
+                "ranks": ranks,
+                **ranks[0],
+            }
+            atomic_torch_save(state, self.path)
+        return self.path
 
     def load(self, resume: bool) -> dict[str, Any] | None:
         """The checkpoint to continue from (None: start at iteration 0). Without ``resume`` an existing checkpoint
@@ -109,8 +139,16 @@ class TrainingCheckpoint:
         if changed:
             details = "; ".join(f"{k}: run has {saved[k]!r}, now {self.settings[k]!r}" for k in changed)
             raise CheckpointError(f"--resume with settings that change the run ({self.path}): {details}")
-        print(f"resumed from {self.path} at iteration {ckpt['iteration']}", file=sys.stderr)
-        return ckpt
+        ranks = ckpt.get("ranks")
+        written_by = len(ranks) if ranks is not None else 1
+        if written_by != self.ctx.world_size:
+            raise CheckpointError(
+                f"{self.path} was written by a run of {written_by} process(es); resume it with the same number "
+                f"(this run has {self.ctx.world_size})"
+            )
+        if self.ctx.is_main:
+            print(f"resumed from {self.path} at iteration {ckpt['iteration']}", file=sys.stderr)
+        return {**ckpt, **ranks[self.ctx.rank]} if ranks is not None else ckpt
 
     def restore(self, ckpt: dict[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
         """Load weights, optimizer and RNG states of ``ckpt``; return its iteration."""

@@ -88,8 +88,8 @@ def make_demo_data(cache: Path) -> dict[str, Path]:
 DEMO_STAGE_ARGS: dict[str, str] = {
     "pretrain": "--iterations 600",
     "inpaint-pretrain": "--iterations 200",
-    "cls": "--iterations 400 --cls-lr-step 300",
-    "det": "--iterations 500 --det-lr-step 400",
+    "cls": "--iterations 400 --lr-step 300",
+    "det": "--iterations 500 --lr-step 400",
     "seg": "--iterations 300",
 }
 

@@ -15,15 +15,17 @@ pixels pasted into the hole: the paper's NN-inpainting baseline). The protocol i
 from __future__ import annotations
 
 import argparse
-import time
-from pathlib import Path
-from typing import Any
+import dataclasses
+
+from pretrain.checkpoint import CheckpointError
+from pretrain.data import DataError
+from pretrain.inpaint_eval_run import InpaintEvalConfig, run_inpaint_eval
+from pretrain.inpainting_eval import BASELINES, InpaintEvalError
 
 HELP = "evaluate inpainting (Table 1: mean L1, mean L2, PSNR) of a trained network or a classical baseline"
 DESCRIPTION = __doc__
 
-#: = pretrain.inpainting_eval.BASELINES (not imported: --help stays fast)
-BASELINE_CHOICES = ("mean", "telea", "ns", "biharmonic", "shiftmap", "fsr-fast", "fsr-best", "nn")
+BASELINE_CHOICES = tuple(BASELINES)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -65,17 +67,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
 
 
-def _load_crops(paths: list[Path], protocol: Any, root: Path) -> list[tuple[str, Any]]:
-    from tqdm import tqdm
-
-    from pretrain.inpainting_eval import load_eval_image
-
-    return [
-        (p.relative_to(root).as_posix() if p.is_relative_to(root) else str(p), load_eval_image(p, protocol))
-        for p in tqdm(paths, desc="loading", unit="img", leave=False)
-    ]
-
-
 def print_table(method: str, metrics: dict[str, float], n: int) -> None:
     """Table 1 layout: L1 and L2 in percent, PSNR in dB, one line per region."""
     print(f"\n{method}: {n} image(s)")
@@ -88,109 +79,12 @@ def print_table(method: str, metrics: dict[str, float], n: int) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pretrain.checkpoint import CheckpointError
-    from pretrain.data import DataError, find_images
-    from pretrain.distributed import resolve_device
-    from pretrain.inpainting_eval import (
-        PROTOCOL_ID,
-        PROTOCOL_VERSION,
-        XPHOTO_ALGORITHMS,
-        EvalProtocol,
-        InpaintEvalError,
-        as_table_units,
-        build_baseline,
-        centre_hole,
-        centre_region,
-        evaluate,
-        load_mask_file,
-        network_inpainter,
-        write_per_image_csv,
-    )
-    from pretrain.runinfo import sha256_file, utc_now_iso
-    from transfer.records import make_record, write_record
-
-    started_at, t0 = utc_now_iso(), time.time()
+    names = {f.name for f in dataclasses.fields(InpaintEvalConfig)}
+    cfg = InpaintEvalConfig(**{k: v for k, v in vars(args).items() if k in names})
     try:
-        device = resolve_device(args.device)
-        images_root = Path(args.images)
-        paths = find_images(images_root)
-        if args.limit is not None:
-            paths = paths[: args.limit]
-        weights: dict[str, Any]
-        if args.weights:
-            from pretrain.inpainting import load_generator
-
-            loaded = load_generator(args.weights, device)
-            overlap = (
-                args.overlap if args.overlap is not None else (loaded.overlap if loaded.overlap is not None else 7)
-            )
-            method = "inpainting" if (loaded.adv_weight is None or loaded.adv_weight > 0) else "inpainting-l2"
-            weights = {
-                "source": str(loaded.path),
-                "method": method,
-                "sha256": sha256_file(loaded.path),
-                "iteration": loaded.iteration,
-                "train_overlap": loaded.overlap,
-                "adv_weight": loaded.adv_weight,
-            }
-        else:
-            overlap = args.overlap if args.overlap is not None else 7
-            method = f"baseline-{args.baseline}"
-            weights = {"source": f"baseline:{args.baseline}", "method": method, "sha256": None}
-        protocol = EvalProtocol(resize_short=args.resize_short, overlap=overlap)
-        hole = load_mask_file(args.mask, protocol.crop_size) if args.mask else centre_hole(protocol.crop_size, overlap)
-        region = centre_region(protocol.crop_size)
-        if args.weights:
-            inpainter = network_inpainter(loaded.generator, device)
-        else:
-            train_crops = None
-            if args.baseline == "nn":
-                if not args.train_images:
-                    raise InpaintEvalError("--baseline nn needs --train-images (the folder to search for neighbours)")
-                train_root = Path(args.train_images)
-                train_crops = [im for _, im in _load_crops(find_images(train_root), protocol, train_root)]
-                weights["train_images"] = str(train_root)
-                weights["train_count"] = len(train_crops)
-            inpainter = build_baseline(args.baseline, train_crops, radius=args.radius)
-        crops = _load_crops(paths, protocol, images_root)
-        rows, metrics = evaluate(inpainter, crops, hole, region, progress=True)
+        result = run_inpaint_eval(cfg)
     except (CheckpointError, DataError, InpaintEvalError, ValueError) as exc:
         raise SystemExit(f"bench inpaint-eval: {exc}") from exc
-
-    table = as_table_units(metrics)
-    dataset = args.dataset or images_root.resolve().name
-    record = make_record(
-        task="inpaint",
-        protocol_id=PROTOCOL_ID,
-        protocol_version=PROTOCOL_VERSION,
-        protocol_description=protocol.describe() + ("" if not args.mask else f"; hole from mask file {args.mask}"),
-        dataset=dataset,
-        train_split=None,  # nothing is trained; the nn search folder is in weights["train_images"]
-        eval_split=str(images_root),
-        metrics={k: v for k, v in table.items() if not k.startswith("PSNR_pooled")},
-        primary_metric="PSNR_hole",
-        weights=weights,
-        seed=args.seed,
-        config={
-            **protocol.to_dict(),
-            "mask": args.mask,
-            "radius": args.radius if args.baseline in ("telea", "ns") else None,
-            "xphoto_algorithm": XPHOTO_ALGORITHMS.get(args.baseline or ""),
-            "limit": args.limit,
-            "images": len(rows),
-        },
-        started_at=started_at,
-        wall_time_s=time.time() - t0,
-        device=device,
-        extra={
-            "pooled_psnr": {k: v for k, v in table.items() if k.startswith("PSNR_pooled")},
-            "units": "L1_* and L2_* in percent of the [0, 1] range, PSNR_* in dB",
-            "per_image_csv": "<this record file name without .json>_per_image.csv, next to it",
-        },
-    )
-    out = Path(args.out)
-    record_path = write_record(record, out)
-    csv_path = write_per_image_csv(rows, record_path.with_name(record_path.stem + "_per_image.csv"))
-    print_table(method, metrics, len(rows))
-    print(f"\nrecord: {record_path}\nper-image values: {csv_path}")
+    print_table(result.method, result.metrics, result.images)
+    print(f"\nrecord: {result.record_path}\nper-image values: {result.csv_path}")
     return 0

@@ -1,21 +1,30 @@
 """``bench transfer --task cls|svm|det|seg``: fine-tune or probe a pretrained AlexNet trunk on PASCAL VOC.
 
-Options shared by every task are defined here; each task adds its own options (in a group of their own) from
-``benchmarks/commands/transfer_<task>.py``, which provides ``TITLE``, ``add_arguments(group)`` and
-``run(args) -> int``. Options a preset controls default to ``None`` and are filled from
-``benchmarks/presets/<task>.py`` by the task's ``run``.
+The options below are those of every task; each task's own options (its protocol's settings, with the value each
+preset gives them) are listed by ``bench transfer --task TASK --help``. A value given on the command line wins over
+the --preset's.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import sys
 from types import ModuleType
+
+from benchmarks.options import add_config_options, given_values
+from pretrain.distributed import cleanup_distributed, init_distributed
+from pretrain.runlock import RunFolderBusy, command_line, run_folder_lock
+from transfer.config import ProtocolError, TransferRun, config_from_preset
+from transfer.detection.proposals import ProposalError
+from transfer.voc import VOCError
+from transfer.weights import WeightsError
 
 HELP = "transfer pretrained weights to PASCAL VOC classification, probes, detection or segmentation"
 DESCRIPTION = __doc__
 
-#: --task value -> glue module
+#: --task value -> the module that names its config, presets, protocol and results table
 TASKS: dict[str, str] = {
     "cls": "benchmarks.commands.transfer_cls",
     "svm": "benchmarks.commands.transfer_svm",
@@ -23,137 +32,130 @@ TASKS: dict[str, str] = {
     "seg": "benchmarks.commands.transfer_seg",
 }
 
+#: option names of earlier versions -> today's, per task (``bench reproduce`` maps the command lines of stored plans)
+RENAMED_OPTIONS: dict[str, dict[str, str]] = {
+    "cls": {
+        "--cls-crop-size": "--crop-size",
+        "--cls-min-scale": "--min-scale",
+        "--cls-max-scale": "--max-scale",
+        "--cls-lr-step": "--lr-step",
+        "--cls-dropout": "--dropout",
+        "--cls-eval-crops": "--eval-crops",
+        "--cls-ap": "--ap",
+        "--cls-pretrained-fc": "--pretrained-fc",
+        "--cls-fc-width": "--fc-width",
+        "--cls-save-model": "--save-model",
+        "--no-cls-save-model": "--no-save-model",
+    },
+    "svm": {
+        "--svm-costs": "--costs",
+        "--svm-layers": "--layers",
+        "--svm-pooling": "--pooling",
+        "--svm-image-size": "--crop-size",
+        "--svm-primary-layer": "--primary-layer",
+        "--svm-jobs": "--jobs",
+    },
+    "det": {
+        "--det-scale": "--scale",
+        "--det-max-size": "--max-size",
+        "--det-lr-step": "--lr-step",
+        "--det-freeze-through": "--freeze-through",
+        "--det-score-threshold": "--score-threshold",
+        "--det-fc-dim": "--fc-width",
+        "--det-nms": "--nms",
+        "--det-max-per-image": "--max-per-image",
+        "--det-ap": "--ap",
+    },
+    "seg": {
+        "--fcn-variant": "--variant",
+        "--seg-crop-size": "--crop-size",
+        "--seg-momentum": "--momentum",
+        "--seg-weight-decay": "--weight-decay",
+        "--seg-loss-norm": "--loss-norm",
+        "--fcn-fc-channels": "--fc-width",
+        "--seg-no-flip": "--no-flip",
+        "--fcn-learn-upsampling": "--learn-upsampling",
+        "--save-fcn": "--save-model",
+    },
+}
 
-def _task_module(task: str) -> ModuleType | None:
-    name = TASKS[task]
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as exc:
-        if exc.name == name:
-            return None
-        raise
+
+def task_module(task: str) -> ModuleType:
+    return importlib.import_module(TASKS[task])
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    available = [t for t in TASKS if _task_module(t) is not None]
     parser.add_argument(
         "--task",
         required=True,
-        choices=available or list(TASKS),
-        help="cls: VOC2007 classification fine-tuning; svm: frozen-feature linear SVM probes; "
-        "det: VOC2007 Fast R-CNN detection; seg: VOC2012 FCN segmentation",
+        choices=list(TASKS),
+        default=argparse.SUPPRESS,
+        help="cls: VOC2007 classification fine-tuning; svm: frozen-feature linear SVM probes; det: VOC2007 Fast "
+        "R-CNN detection; seg: VOC2012 FCN segmentation. `bench transfer --task TASK --help` lists its options",
     )
-    parser.add_argument(
-        "--voc-root", required=True, help="folder holding VOCdevkit, VOCdevkit itself, or VOCdevkit/VOC20XX"
-    )
-    parser.add_argument(
-        "--weights",
-        required=True,
-        help="a `bench pretrain` run folder, an encoder.safetensors, a .pt checkpoint, a torchvision "
-        "AlexNet state dict, or 'random' (Gaussian init, the paper's baseline)",
-    )
-    parser.add_argument(
-        "--out",
-        required=True,
-        help="folder for the run record (JSON) and outputs; a second run of the same task, weights and seed on it "
-        "stops at once while the first is running",
-    )
-    parser.add_argument(
-        "--preset",
-        default="paper",
-        choices=["paper", "cpu", "smoke"],
-        help="paper: the protocol's published settings; cpu: the same code sized for 2 CPU cores on the demo "
-        "dataset, where every harness learns; smoke: the same code at toy scale (checks code paths only)",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed of re-initialised layers, sampling and augmentation")
-    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
-    parser.add_argument(
-        "--precision",
-        default=None,
-        choices=["fp32", "bf16"],
-        help="autocast precision of forward passes (preset default: fp32)",
-    )
-    parser.add_argument("--iterations", type=int, default=None, help="training iterations (preset)")
-    parser.add_argument("--lr", type=float, default=None, help="base learning rate (preset)")
-    parser.add_argument("--batch-size", type=int, default=None, help="images per training mini-batch (preset)")
-    parser.add_argument("--workers", type=int, default=None, help="data-loading worker processes (preset)")
-    parser.add_argument("--train-split", default=None, help="training split (task default)")
-    parser.add_argument(
-        "--eval-split",
-        default=None,
-        help="evaluation split (task default: test for VOC2007 tasks, val for segmentation)",
-    )
-    parser.add_argument(
-        "--rescale",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="apply Krähenbühl et al.'s data-dependent rescaling (magic_init -cs) to the pretrained layers: cls/svm "
-        "on the whole chain below fc8, det/seg on the trunk conv1..conv5 (transfer/rescale.py) (preset: paper "
-        "off, cpu on for cls/det/seg, smoke off)",
-    )
-    parser.add_argument(
-        "--input-norm",
-        default="auto",
-        choices=["auto", "minus1to1", "imagenet", "caffe"],
-        help="input convention of the trunk: minus1to1 = RGB in [-1, 1] (how `bench pretrain` trains), imagenet = "
-        "torchvision mean/std, caffe = BGR minus (104, 117, 123); auto: imagenet for torchvision state dicts, "
-        "minus1to1 otherwise (transfer/input_norm.py)",
-    )
-    parser.add_argument(
-        "--skip-bad",
-        action="store_true",
-        help="skip (and count in the record) missing or malformed images, annotations and masks "
-        "instead of stopping with an error",
-    )
-    parser.add_argument(
-        "--resume",
-        action="store_true",
-        help="cls and det: continue the interrupted training whose checkpoint is in OUT/checkpoints/, bit for bit "
-        "(model, optimizer, iteration, data order, RNG states)",
-    )
-    parser.add_argument(
-        "--checkpoint-every",
-        type=int,
-        default=1000,
-        help="cls and det: iterations between training checkpoints (one is also written when SIGTERM/SIGINT stops "
-        "the run; 0 = only then); the checkpoint is removed once the record is written",
-    )
-    for task in TASKS:
-        module = _task_module(task)
-        if module is not None:
-            module.add_arguments(parser.add_argument_group(f"--task {task}: {module.TITLE}"))
+    add_config_options(parser.add_argument_group("options of every task"), TransferRun)
 
 
-def run_key(args: argparse.Namespace) -> str:
-    """What identifies one transfer run in ``--out``: its task, seed and weights. Runs with the same key would
-    write the same record name and training checkpoint; runs with different keys can share the folder."""
-    import hashlib
-    import os
-
-    weights = str(args.weights) if str(args.weights) == "random" else os.path.abspath(args.weights)
-    digest = hashlib.sha256(weights.encode()).hexdigest()[:12]
-    return f"{args.task}-seed{args.seed}-{digest}"
+def _task_of(argv: list[str]) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg == "--task" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--task="):
+            return arg.partition("=")[2]
+    return None
 
 
-def run_lock_name(args: argparse.Namespace) -> str:
-    """The lock file of one transfer run in ``--out``: only one run of a key (``run_key``) at a time."""
-    return f".bench-transfer-{run_key(args)}.lock"
+def prepare_parser(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    """Add the options of the command line's --task (before parsing), and refuse the options of other tasks."""
+    task = _task_of(argv)
+    if task not in TASKS or getattr(parser, "task_options_of", None) == task:
+        return  # argparse reports a missing or unknown --task
+    parser.task_options_of = task  # type: ignore[attr-defined]
+    module = task_module(task)
+    add_config_options(parser.add_argument_group(f"--task {task}: {module.TITLE}"), module.CONFIG, module.PRESETS)
+    known = parser._option_string_actions
+    for arg in argv:
+        if arg == "--":
+            break
+        name = arg.partition("=")[0]
+        if not name.startswith("--") or any(option.startswith(name) for option in known):
+            continue
+        renamed = RENAMED_OPTIONS[task].get(name)
+        if renamed is not None:
+            parser.error(f"{name} is now called {renamed}")
+        parser.error(f"{name} is not an option of --task {task}; `bench transfer --task {task} --help` lists them")
 
 
 def run(args: argparse.Namespace) -> int:
-    import os
-    import sys
-
-    from pretrain.runlock import RunFolderBusy, command_line, run_folder_lock
-
-    module = _task_module(args.task)
-    if module is None:
-        raise SystemExit(f"--task {args.task} is not available in this build")
-    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 holds the lock for all ranks
-        return int(module.run(args) or 0)
+    module = task_module(args.task)
     try:
-        with run_folder_lock(args.out, command_line(), name=run_lock_name(args)):
-            return int(module.run(args) or 0)
+        run_settings = TransferRun(**given_values(args, TransferRun))
+        cfg = config_from_preset(module.CONFIG, module.PRESETS, run_settings.preset, given_values(args, module.CONFIG))
+    except (ProtocolError, TypeError) as exc:
+        raise SystemExit(f"error: {exc}") from exc
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 holds the lock for all ranks
+        return _run_protocol(module, cfg, run_settings)
+    try:
+        with run_folder_lock(run_settings.out, command_line(), name=run_lock_name(run_settings, args.task)):
+            return _run_protocol(module, cfg, run_settings)
     except RunFolderBusy as exc:
         print(f"bench transfer: error: {exc}", file=sys.stderr)
         return 1
+
+
+def run_lock_name(run_settings: TransferRun, task: str) -> str:
+    """The lock file of one transfer run in its output folder: one run of a task, weights and seed at a time."""
+    return f".bench-transfer-{run_settings.key(task)}.lock"
+
+
+def _run_protocol(module: ModuleType, cfg: object, run_settings: TransferRun) -> int:
+    ctx = init_distributed(run_settings.device)
+    try:
+        record = module.PROTOCOL(cfg, run_settings, ctx)
+    except (ProtocolError, VOCError, WeightsError, ProposalError, ValueError) as exc:
+        raise SystemExit(f"error: {exc}") from exc
+    finally:
+        cleanup_distributed()
+    if ctx.is_main:
+        module.print_results(record)
+    return 0

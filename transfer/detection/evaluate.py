@@ -25,11 +25,12 @@ import numpy as np
 import torch
 from torch import nn
 from torchvision.ops import batched_nms
+from tqdm import tqdm
 
 from transfer.detection.boxes import BoxCoder, clip_boxes
 from transfer.detection.data import DetectionImage, load_scaled_image
-from transfer.detection.train import autocast
 from transfer.detection_ap import ClassDetections, GroundTruth, evaluate_detections
+from transfer.engine import autocast
 
 
 @dataclass(frozen=True)
@@ -96,8 +97,6 @@ def evaluate(
     progress: bool = True,
 ) -> tuple[dict[str, object], dict[str, ClassDetections]]:
     """Detect on every image and compute VOC AP: ``(evaluate_detections(...) result, detections per class)``."""
-    from tqdm import tqdm
-
     found = [detect_image(model, im, cfg, device) for im in tqdm(images, desc="fast r-cnn test", unit="img",
                                                                   disable=not progress)]  # fmt: skip
     return score_detections(images, found, classes)

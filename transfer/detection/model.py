@@ -21,6 +21,7 @@ from torch import nn
 from torchvision.ops import RoIPool
 
 from pretrain.models.alexnet import CONV_INDEX, LAYER_OUTPUT_INDEX, trunk_out_channels
+from transfer.rescale import rescale_trunk
 
 NUM_CLASSES = 21  # background + 20 VOC classes
 FEATURE_STRIDE = 16
@@ -102,17 +103,6 @@ def freeze_trunk(model: FastRCNN, freeze_through: str | None) -> list[str]:
     return frozen
 
 
-def parameter_groups(model: nn.Module, lr: float, weight_decay: float) -> list[dict]:
-    """Caffe's per-parameter settings used by Fast R-CNN: weights at ``lr`` with weight decay, biases at ``2 * lr``
-    without weight decay (``lr_mult: 2, decay_mult: 0``). Frozen parameters are left out."""
-    weights = [p for n, p in model.named_parameters() if p.requires_grad and not n.endswith("bias")]
-    biases = [p for n, p in model.named_parameters() if p.requires_grad and n.endswith("bias")]
-    return [
-        {"params": weights, "lr": lr, "weight_decay": weight_decay, "lr_mult": 1.0},
-        {"params": biases, "lr": 2.0 * lr, "weight_decay": 0.0, "lr_mult": 2.0},
-    ]
-
-
 def rescale_fast_rcnn(model: FastRCNN, image_paths: list, norm: str, seed: int = 0) -> dict[str, object]:
     """``--rescale`` for Fast R-CNN: Krähenbühl's magic_init on the trunk and the re-initialised fc6/fc7.
 
@@ -120,8 +110,6 @@ def rescale_fast_rcnn(model: FastRCNN, image_paths: list, norm: str, seed: int =
     measured on whole 227-px training views with pool5 (3x3 max pooling, stride 2: 6x6 at 227 px) standing in for
     RoI pooling, which is what Krähenbühl et al. did before handing the network to Fast R-CNN. cls_score and
     bbox_pred keep Fast R-CNN's fillers."""
-    from transfer.rescale import rescale_trunk
-
     fc6, fc7 = (m for m in model.head if isinstance(m, nn.Linear))
     head = [nn.MaxPool2d(3, 2), fc6, nn.ReLU(), fc7]
     return rescale_trunk(model.features, image_paths, norm, seed=seed, head=head, head_names=["fc6", "fc7"])

@@ -25,6 +25,7 @@ from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 PROPOSAL_MODES = ("fast", "quality")
 #: Fast R-CNN's ``pascal_voc`` config ``min_size``
@@ -173,8 +174,6 @@ def compute_proposals(
     ``workers`` > 1 uses that many worker processes (spawned, one OpenCV thread each). Images that fail are reported
     in the returned stats instead of stopping the pass; already cached images are not touched.
     """
-    from tqdm import tqdm
-
     stats = ProposalStats()
     todo = []
     for image_id, path in images.items():

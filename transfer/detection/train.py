@@ -10,29 +10,15 @@ divided by the number of RoIs in the mini-batch (Fast R-CNN's ``SmoothL1Loss`` n
 
 from __future__ import annotations
 
-import contextlib
-import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
-
-@dataclass(frozen=True)
-class TrainConfig:
-    iterations: int = 40_000
-    lr: float = 0.001
-    lr_step: int = 30_000
-    lr_gamma: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    precision: str = "fp32"  # fp32 | bf16 (autocast)
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; training stops."""
+from transfer.detection.config import DetectionConfig
+from transfer.engine import NonFiniteLossError, autocast, set_learning_rate, step_lr
 
 
 def fast_rcnn_loss(
@@ -50,21 +36,16 @@ def fast_rcnn_loss(
     return loss_cls, loss_box
 
 
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """bf16 autocast on the device's type for ``precision == "bf16"``, nothing otherwise."""
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def train_step(
     model: nn.Module,
     batch: dict[str, torch.Tensor],
     optimizer: torch.optim.Optimizer,
     device: torch.device,
     precision: str = "fp32",
+    iteration: int = 0,
 ) -> dict[str, float]:
-    """One SGD step on a collated mini-batch (``images``, ``rois``, ``labels``, ``targets``); returns the losses."""
+    """One SGD step on a collated mini-batch (``images``, ``rois``, ``labels``, ``targets``); returns the losses.
+    A non-finite loss raises ``NonFiniteLossError`` before the weights change."""
     model.train()
     images = batch["images"].to(device, non_blocking=True)
     rois = batch["rois"].to(device, non_blocking=True)
@@ -75,7 +56,7 @@ def train_step(
     loss_cls, loss_box = fast_rcnn_loss(cls_logits, deltas, labels, targets)
     loss = loss_cls + loss_box
     if not torch.isfinite(loss):
-        raise NonFiniteLossError(f"non-finite loss (cls {loss_cls.item()}, box {loss_box.item()})")
+        raise NonFiniteLossError(f"(cls {loss_cls.item()}, box {loss_box.item()})", iteration)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -88,19 +69,11 @@ def train_step(
     }
 
 
-def set_learning_rate(optimizer: torch.optim.Optimizer, cfg: TrainConfig, iteration: int) -> float:
-    """Caffe's ``step`` policy: ``lr * gamma ** floor(iteration / step)`` times each group's ``lr_mult``."""
-    lr = cfg.lr * cfg.lr_gamma ** math.floor(iteration / cfg.lr_step) if cfg.lr_step > 0 else cfg.lr
-    for group in optimizer.param_groups:
-        group["lr"] = lr * group.get("lr_mult", 1.0)
-    return lr
-
-
 def train(
     model: nn.Module,
     batches: Iterable[dict[str, torch.Tensor]],
     optimizer: torch.optim.Optimizer,
-    cfg: TrainConfig,
+    cfg: DetectionConfig,
     device: torch.device,
     progress: bool = True,
     start: int = 0,
@@ -109,8 +82,6 @@ def train(
     """Run iterations ``start .. cfg.iterations - 1`` over ``batches`` (which yields the batches of exactly those
     iterations); ``after_step(done)`` runs after each (checkpoints, preemption). Returns the mean losses of the
     last 20 iterations (Caffe's ``average_loss``-style smoothing) and the iterations done."""
-    from tqdm import tqdm
-
     recent: list[dict[str, float]] = []
     bar = tqdm(total=cfg.iterations, initial=start, desc="fast r-cnn train", unit="it", disable=not progress)
     done = start
@@ -118,8 +89,8 @@ def train(
         for it, batch in enumerate(batches, start=start):
             if it >= cfg.iterations:
                 break
-            lr = set_learning_rate(optimizer, cfg, it)
-            stats = train_step(model, batch, optimizer, device, cfg.precision)
+            lr = set_learning_rate(optimizer, step_lr(cfg.lr, cfg.lr_gamma, cfg.lr_step, it))
+            stats = train_step(model, batch, optimizer, device, cfg.precision, it)
             recent = [*recent[-19:], stats]
             done = it + 1
             bar.update(1)

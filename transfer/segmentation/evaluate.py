@@ -9,7 +9,6 @@ Under torchrun every rank scores the images ``rank, rank + world, ...`` and the 
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +17,10 @@ import torch
 from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Subset
+from tqdm import tqdm
 
 from pretrain.distributed import DistributedContext, all_reduce_sum
+from transfer.engine import autocast
 from transfer.segmentation.data import SegmentationDataset, collate_list
 from transfer.segmentation_iou import confusion_matrix
 from transfer.voc import voc_palette
@@ -55,13 +56,10 @@ def evaluate_fcn(
     hist = torch.zeros(num_classes, num_classes, dtype=torch.int64)
     iterator: Any = loader
     if progress and ctx.is_main:
-        from tqdm import tqdm
-
         iterator = tqdm(loader, desc="fcn eval", unit="img", dynamic_ncols=True)
-    autocast = torch.autocast(ctx.device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
     for batch in iterator:
         for image, mask, image_id in batch:
-            with autocast:
+            with autocast(ctx.device, precision):
                 scores = model(image[None].to(ctx.device))
             pred = scores.argmax(1)[0].cpu()
             hist += confusion_matrix(pred, mask, num_classes)

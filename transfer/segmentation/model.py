@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from pretrain.models.alexnet import LAYER_OUTPUT_INDEX, trunk_out_channels
+from transfer.rescale import rescale_trunk
 
 Variant = Literal["32s", "16s", "8s"]
 VARIANTS: tuple[str, ...] = ("32s", "16s", "8s")
@@ -267,7 +268,5 @@ def rescale_fcn(model: FCN, image_paths: list, norm: str, seed: int = 0) -> dict
     pooling) up to fc7: fc6 and fc7 get the within-layer data-dependent init, then the between-layer correction
     rescales conv1..fc7 on 227-px training views. The zero-initialised score layers are left as they are (a zero
     layer has no scale to correct)."""
-    from transfer.rescale import rescale_trunk
-
     head = [model.fc6, nn.ReLU(), model.fc7]
     return rescale_trunk(model.features, image_paths, norm, seed=seed, head=head, head_names=["fc6", "fc7"])

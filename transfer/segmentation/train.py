@@ -29,17 +29,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
+from tqdm import tqdm
 
 from pretrain.distributed import DistributedContext
+from transfer.engine import NonFiniteLossError, autocast, caffe_param_groups, unwrap
 from transfer.segmentation.data import SegmentationDataset, collate_list
 from transfer.voc import IGNORE_LABEL
 
 LossNormalization = Literal["valid", "none"]
 Sample = tuple[torch.Tensor, torch.Tensor, str]
-
-
-class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite; the message says at which iteration."""
 
 
 def segmentation_loss(scores: torch.Tensor, masks: torch.Tensor, normalization: LossNormalization) -> torch.Tensor:
@@ -57,23 +55,14 @@ def segmentation_loss(scores: torch.Tensor, masks: torch.Tensor, normalization: 
     return per_image.mean()
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
 def build_optimizer(model: nn.Module, lr: float, momentum: float, weight_decay: float) -> torch.optim.SGD:
     """SGD with FCN's per-layer multipliers: score-layer biases at 2x lr without decay, the rest 1x with decay."""
-    score_bias: list[nn.Parameter] = []
-    rest: list[nn.Parameter] = []
-    for name, p in _unwrap(model).named_parameters():
-        if not p.requires_grad:
-            continue
-        (score_bias if name.startswith(("score_fr.", "score_skips.")) and name.endswith("bias") else rest).append(p)
-    groups: list[dict[str, Any]] = [
-        {"params": rest, "lr": lr, "weight_decay": weight_decay, "lr_mult": 1.0},
-        {"params": score_bias, "lr": 2 * lr, "weight_decay": 0.0, "lr_mult": 2.0},
-    ]
+    groups = caffe_param_groups(unwrap(model), lr, weight_decay, is_bias=_is_score_bias)
     return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+def _is_score_bias(name: str) -> bool:
+    return name.startswith(("score_fr.", "score_skips.")) and name.endswith("bias")
 
 
 def _chunks(samples: list[Sample]) -> list[list[Sample]]:
@@ -112,9 +101,8 @@ def train_step(
         masks = torch.stack([s[1] for s in chunk]).to(device, non_blocking=True)
         sync = k == len(chunks) - 1 or not isinstance(model, nn.parallel.DistributedDataParallel)
         ctx = nullcontext() if sync else model.no_sync()  # type: ignore[operator]
-        autocast = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
         with ctx:
-            with autocast:
+            with autocast(device, precision):
                 scores = model(images)
             loss = segmentation_loss(scores, masks, normalization)
             (loss * (len(chunk) / len(samples))).backward()
@@ -196,8 +184,6 @@ def train_fcn(
     show = progress and ctx.is_main
     bar: Any = None
     if show:
-        from tqdm import tqdm
-
         bar = tqdm(total=iterations, desc="fcn train", unit="it", dynamic_ncols=True)
     log = log_path.open("a") if (log_path is not None and ctx.is_main) else None
     recent: list[float] = []
@@ -208,7 +194,7 @@ def train_fcn(
                 model, optimizer, samples, normalization=normalization, device=ctx.device, precision=precision
             )
             if not math.isfinite(loss):
-                raise NonFiniteLossError(f"non-finite training loss {loss} at iteration {it}; lower --lr")
+                raise NonFiniteLossError(loss, it, "lower --lr")
             recent = ([*recent, loss])[-log_every:]
             if bar is not None:
                 bar.update(1)

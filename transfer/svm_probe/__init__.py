@@ -34,13 +34,18 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from joblib import Parallel, delayed
 from PIL import Image
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.model_selection import StratifiedKFold
+from sklearn.svm import LinearSVC
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from pretrain.models.alexnet import LAYER_OUTPUT_INDEX
 from transfer.classification import VOCItem
 from transfer.classification_ap import average_precision
+from transfer.engine import autocast
 from transfer.input_norm import normalize_image
 from transfer.voc import load_image
 
@@ -132,7 +137,7 @@ def extract_features(
     pool = F.adaptive_avg_pool2d if protocol.pooling == "avg" else F.adaptive_max_pool2d
     for images, _ in loader:
         x = images.to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        with autocast(device, precision):
             for i, layer in enumerate(trunk):
                 x = layer(x)
                 if i in want:
@@ -149,8 +154,6 @@ def extract_features(
 
 
 def _svm(cost: float, protocol: SVMProtocol, seed: int) -> Any:
-    from sklearn.svm import LinearSVC
-
     return LinearSVC(
         C=cost,
         class_weight={1: protocol.class_weight_positive, -1: 1.0},
@@ -166,9 +169,6 @@ def _svm(cost: float, protocol: SVMProtocol, seed: int) -> Any:
 
 def choose_cost(features: np.ndarray, y: np.ndarray, protocol: SVMProtocol, seed: int) -> tuple[float, list[float]]:
     """Cost with the best mean k-fold AP on the training set (``y`` in {1, -1}); -> (cost, mean AP per cost)."""
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.model_selection import StratifiedKFold
-
     n_pos = int((y > 0).sum())
     folds = min(protocol.folds, n_pos, int((y < 0).sum()))
     if folds < 2:
@@ -193,8 +193,6 @@ def choose_cost(features: np.ndarray, y: np.ndarray, protocol: SVMProtocol, seed
 def _probe_class(
     train_x: np.ndarray, y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, protocol: SVMProtocol, seed: int
 ) -> tuple[float, float]:
-    from sklearn.exceptions import ConvergenceWarning
-
     if not (y > 0).any():
         return math.nan, math.nan
     cost, _ = choose_cost(train_x, y, protocol, seed)
@@ -219,8 +217,6 @@ def probe_layer(
     -> ({class: test AP (fraction; NaN when the class has no test or no training positive)}, {class: chosen cost}).
     Difficult-only (0) training labels count as negatives (Goyal et al.). ``jobs`` > 1 runs classes in parallel
     processes (joblib)."""
-    from joblib import Parallel, delayed
-
     ys = [np.where(train_labels[:, k] > 0, 1, -1) for k in range(len(classes))]
     args = [(train_x, ys[k], test_x, test_labels[:, k], protocol, seed) for k in range(len(classes))]
     if jobs > 1:

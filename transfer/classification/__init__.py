@@ -25,8 +25,8 @@ from __future__ import annotations
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from pretrain.data import aspect_problem
 from pretrain.distributed import DistributedContext, all_reduce_sum
+from pretrain.engine import set_rng_state
+from transfer.classification.config import ClassificationConfig
+from transfer.engine import NonFiniteLossError, autocast, caffe_param_groups, set_learning_rate, step_lr
 from transfer.input_norm import normalize_image
+from transfer.rescale import between_layer_scale_correction, within_layer_init_
+from transfer.resumable import EpochStream
 from transfer.voc import (
     VOC_CLASSES,
     VOCError,
@@ -50,36 +55,6 @@ from transfer.voc import (
     load_image,
     read_image_set,
 )
-
-
-@dataclass
-class FinetuneConfig:
-    """Fine-tuning hyperparameters; the defaults are the paper preset (Krähenbühl et al.'s ``train_cls.py``)."""
-
-    iterations: int = 80000
-    batch_size: int = 16
-    lr: float = 0.001
-    bias_lr_mult: float = 2.0
-    lr_step: int = 10000
-    lr_gamma: float = 0.5
-    momentum: float = 0.9
-    weight_decay: float = 1e-6
-    grad_clip: float = 10.0
-    crop_size: int = 227
-    min_scale: float = 0.5
-    max_scale: float = 2.0
-    train_from: str = "all"  # all | fc6 | fc8
-    clip: str = "drop7"  # drop7 | pool5
-    init_std: float = 0.01
-    init_bias: float = 0.1
-    dropout: float = 0.5
-    fc_width: int = 4096
-    eval_crops: int = 10
-    input_norm: str = "minus1to1"
-    precision: str = "fp32"
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 # ----------------------------------------------------------------------------------------------------- data
@@ -174,7 +149,7 @@ class VOCClassificationTrain(Dataset):
     """Training views: ``(image [3, crop, crop], labels [C] int8)``; randomness from the worker's torch RNG (seeded
     through the DataLoader's generator)."""
 
-    def __init__(self, items: list[VOCItem], cfg: FinetuneConfig) -> None:
+    def __init__(self, items: list[VOCItem], cfg: ClassificationConfig) -> None:
         self.items, self.cfg = items, cfg
 
     def __len__(self) -> int:
@@ -190,7 +165,7 @@ class VOCClassificationTrain(Dataset):
 class VOCClassificationEval(Dataset):
     """Evaluation views of one image: ``[1 + n_random, 3, crop, crop]`` (centre view first) and labels."""
 
-    def __init__(self, items: list[VOCItem], cfg: FinetuneConfig, seed: int) -> None:
+    def __init__(self, items: list[VOCItem], cfg: ClassificationConfig, seed: int) -> None:
         self.items, self.cfg, self.seed = items, cfg, seed
 
     def __len__(self) -> int:
@@ -295,7 +270,7 @@ class VOCClassifier(nn.Module):
 def rescale_for_finetuning(
     model: VOCClassifier,
     images: torch.Tensor,
-    cfg: FinetuneConfig,
+    cfg: ClassificationConfig,
     seed: int,
     max_iterations: int = 10,
     pretrained_fc: tuple[str, ...] | list[str] = (),
@@ -309,8 +284,6 @@ def rescale_for_finetuning(
     fc8 keeps the protocol's N(0, 0.01) / 0.1 init, as ``train_cls.py`` adds ``fc8_cls`` after magic_init ran.
     ``images`` are training views (magic_init uses 10 batches for step 1 and one batch for step 2).
     """
-    from transfer.rescale import between_layer_scale_correction, within_layer_init_
-
     device = next(model.parameters()).device
     images = images.to(device)
     chain, names = model.layer_chain()
@@ -350,7 +323,7 @@ def load_pretrained_fc(model: VOCClassifier, state: dict[str, torch.Tensor]) -> 
     return copied
 
 
-def build_classifier(trunk: nn.Sequential, num_classes: int, cfg: FinetuneConfig, seed: int) -> VOCClassifier:
+def build_classifier(trunk: nn.Sequential, num_classes: int, cfg: ClassificationConfig, seed: int) -> VOCClassifier:
     model = VOCClassifier(trunk, num_classes, clip=cfg.clip, dropout=cfg.dropout, fc_width=cfg.fc_width)
     model.reinit_head(cfg.init_std, cfg.init_bias, torch.Generator().manual_seed(seed + 1))
     return model
@@ -366,25 +339,15 @@ def masked_sigmoid_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> 
     return (loss * mask).sum() / logits.shape[0]
 
 
-def make_optimizer(model: nn.Module, cfg: FinetuneConfig) -> torch.optim.SGD:
-    weights = [p for n, p in model.named_parameters() if p.requires_grad and not n.endswith("bias")]
-    biases = [p for n, p in model.named_parameters() if p.requires_grad and n.endswith("bias")]
-    if not weights:
-        raise ValueError("nothing to train")
-    groups = [
-        {"params": weights, "lr": cfg.lr, "lr_mult": 1.0},
-        {"params": biases, "lr": cfg.lr * cfg.bias_lr_mult, "lr_mult": cfg.bias_lr_mult},
-    ]
+def make_optimizer(model: nn.Module, cfg: ClassificationConfig) -> torch.optim.SGD:
+    """SGD with momentum; biases at ``bias_lr_mult`` times the rate, weight decay on weights and biases alike."""
+    groups = caffe_param_groups(model, cfg.lr, cfg.weight_decay, bias_lr_mult=cfg.bias_lr_mult, bias_decay_mult=1.0)
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
-def lr_at(iteration: int, cfg: FinetuneConfig) -> float:
+def lr_at(iteration: int, cfg: ClassificationConfig) -> float:
     """Caffe ``step`` policy: ``lr * gamma ** (iteration // step)``."""
-    return cfg.lr * cfg.lr_gamma ** (iteration // max(cfg.lr_step, 1))
-
-
-def autocast(device: torch.device, precision: str) -> Any:
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    return step_lr(cfg.lr, cfg.lr_gamma, cfg.lr_step, iteration)
 
 
 def train_step(
@@ -393,18 +356,19 @@ def train_step(
     params: list[torch.nn.Parameter],
     images: torch.Tensor,
     labels: torch.Tensor,
-    cfg: FinetuneConfig,
+    cfg: ClassificationConfig,
     device: torch.device,
+    iteration: int = 0,
 ) -> tuple[float, float]:
     """One SGD step on ``images [N, 3, H, W]`` / ``labels [N, C]`` (gradient norm clipped at ``cfg.grad_clip``
-    over ``params``); returns ``(loss, grad_norm)``. Raises ``FloatingPointError`` on a non-finite loss before
+    over ``params``); returns ``(loss, grad_norm)``. Raises ``NonFiniteLossError`` on a non-finite loss before
     any weight changes. ``finetune`` calls it once per iteration; ``bench speed`` times it."""
     images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
     with autocast(device, cfg.precision):
         logits = model(images)
     loss = masked_sigmoid_cross_entropy(logits, labels)
     if not torch.isfinite(loss):
-        raise FloatingPointError(f"non-finite loss {float(loss)}")
+        raise NonFiniteLossError(float(loss), iteration)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
@@ -415,24 +379,23 @@ def train_step(
 def finetune(
     model: VOCClassifier,
     loader: DataLoader,
-    cfg: FinetuneConfig,
+    cfg: ClassificationConfig,
     device: torch.device,
     progress: Callable[[int, dict[str, float]], None] | None = None,
     ctx: DistributedContext | None = None,
     resume: dict[str, Any] | None = None,
     after_step: Callable[[int, torch.optim.Optimizer, dict[str, Any]], None] | None = None,
+    stream_generators: Sequence[torch.Generator] = (),
 ) -> dict[str, float]:
     """Run ``cfg.iterations`` SGD steps; abort on a non-finite loss. Returns summary statistics.
 
     Under torchrun (``ctx.distributed``) the model is wrapped in DistributedDataParallel, which first copies rank
     0's weights to every rank and then averages gradients; ``loader`` must yield this rank's share of each global
     batch (:class:`pretrain.distributed.RankBatches`), so that the averaged gradient is the global batch's.
-    ``resume``: a training checkpoint (``transfer/resumable.py``) to continue from, bit for bit (one process);
-    ``after_step(done, optimizer, state)`` runs after each iteration with what a checkpoint needs besides model and
-    optimizer."""
-    from pretrain.engine import set_rng_state
-    from transfer.resumable import EpochStream
-
+    ``resume``: this rank's view of a training checkpoint (``transfer/resumable.py``) to continue from, bit for
+    bit; ``after_step(done, optimizer, state)`` runs after each iteration with what a checkpoint needs besides model
+    and optimizer; ``stream_generators``: generators besides the loader's whose state orders the batches (a
+    sampler's own one under torchrun), kept in the data-stream position."""
     model.to(device).train()
     if cfg.train_from != "all":
         model.features.eval()  # frozen trunk (no dropout/BN inside; kept explicit)
@@ -447,19 +410,14 @@ def finetune(
         opt.load_state_dict(resume["optimizer"])
         begin = int(resume["iteration"])
         ema, first, last = (resume.get("stats") or {}).get("ema_first_last", (math.nan,) * 3)
-    batches = EpochStream(loader, resume["stream"] if resume is not None else None)
+    batches = EpochStream(loader, resume["stream"] if resume is not None else None, stream_generators)
     if resume is not None:  # after the stream's fast-forward, which may draw from the global RNG
         set_rng_state(resume["rng"])
     start = time.perf_counter()
     for it in range(begin, cfg.iterations):
-        lr = lr_at(it, cfg)
-        for g in opt.param_groups:
-            g["lr"] = lr * g["lr_mult"]
+        lr = set_learning_rate(opt, lr_at(it, cfg))
         images, labels = next(batches)
-        try:
-            value, grad_norm = train_step(net, opt, params, images, labels, cfg, device)
-        except FloatingPointError as exc:
-            raise FloatingPointError(f"{exc} at iteration {it}; lower --lr or check weights") from exc
+        value, grad_norm = train_step(net, opt, params, images, labels, cfg, device, it)
         if net is not model:  # report the global batch's loss (the mean of the ranks' equal shares)
             value = float(all_reduce_sum(torch.tensor([value], dtype=torch.float64))[0]) / ctx.world_size  # type: ignore[union-attr]
         first = value if it == 0 else first
