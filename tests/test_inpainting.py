@@ -9,8 +9,8 @@ import torch
 
 from pretrain.checkpoint import CHECKPOINT_FORMAT, CheckpointError
 from pretrain.config import PretrainConfig
-from pretrain.inpainting import InpaintingMethod
 from pretrain.methods import METHODS
+from pretrain.methods.inpainting import InpaintingMethod
 from pretrain.models.inpainting import (
     LUA_DISCRIMINATOR_PARAMETERS,
     LUA_GENERATOR_PARAMETERS,
