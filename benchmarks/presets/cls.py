@@ -1,6 +1,6 @@
 """Presets of ``bench transfer --task cls`` (VOC2007 classification fine-tuning).
 
-``paper``: Krähenbühl et al.'s VOC2007 protocol as PAPER.md §6 and their ``voc-classification/src/train_cls.py``
+``paper``: Krähenbühl et al.'s VOC2007 protocol (ICLR 2016) and their ``voc-classification/src/train_cls.py``
 (80k iterations, batch 16, lr 0.001 halved every 10k, 227-px crops, scale 0.5-2.0, 10 random test crops).
 ``cpu``: the same protocol sized for 2 CPU cores on the demo dataset, where the harness learns (128-px crops, fc6/fc7
 1024 wide, 800 iterations with one lr halving, bf16, Krähenbühl's rescaling; the reasons and measurements are in

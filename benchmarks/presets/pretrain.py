@@ -1,6 +1,6 @@
 """Presets of ``bench pretrain``. Keys are ``PretrainConfig`` fields (= argparse destinations).
 
-``paper`` is the AlexNet context encoder of the feature-learning experiments (PAPER.md §1, §3; sources below and in
+``paper`` is the AlexNet context encoder of the feature-learning experiments (paper Sec. 3.1, 5.2; sources below and in
 docs/protocols/pretraining.md). ``cpu`` is the same code sized for 2 CPU cores on the demo dataset
 (128-px crops, bf16, a higher Adam lr for a run of thousands rather than 100k iterations; reasons and measurements
 in docs/protocols/cpu-preset.md). ``smoke`` runs the same code with toy numbers (under 2 minutes on 2 cores).
@@ -14,13 +14,13 @@ from typing import Any
 
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {
-        # PAPER.md §3: random region dropout is used for all feature-learning results
+        # paper Sec. 5.2: random region dropout is used for all feature-learning results
         "mask": "random-region",
-        # PAPER.md §1: 227x227 input; shorter side 256 before the random crop is the Caffe AlexNet convention
+        # paper Sec. 3.1: 227x227 input; shorter side 256 before the random crop is the Caffe AlexNet convention
         # (the paper does not give it for the AlexNet context encoder)
         "crop_size": 227,
         "resize_short": 256,
-        # PAPER.md §1: converges in about 100k iterations
+        # paper Sec. 5.2: converges in about 100k iterations
         "iterations": 100_000,
         # official Lua train.lua: batchSize 64, Adam lr 2e-4 (opt.lr), beta1 0.5; see docs/protocols/pretraining.md
         "batch_size": 64,

@@ -1,6 +1,6 @@
 """The segmentation transfer protocol in one place: data, FCN, training, evaluation on VOC2012 val, run record.
 
-PAPER.md §6: "FCN (Long et al.) on AlexNet (FCN-32s is the usual choice), VOC2012 train (optionally + SBD) -> val,
+Paper Sec. 5.2: "FCN (Long et al.) on AlexNet (FCN-32s is the usual choice), VOC2012 train (optionally + SBD) -> val,
 mean IoU over 21 classes, label 255 ignored". ``SegmentationConfig`` holds every setting; its defaults are the
 released FCN-AlexNet's (see ``transfer.segmentation.train``) and docs/protocols/segmentation.md lists the choices
 where the papers are silent. ``run_segmentation`` works the same in one process and under torchrun; every rank
