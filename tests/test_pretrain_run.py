@@ -317,7 +317,7 @@ def test_help_documents_every_option(capsys: pytest.CaptureFixture) -> None:
             continue
         assert action.help and len(action.help) > 15, action.option_strings
         assert action.option_strings[0] in text
-    needles = ("context-encoder", "autoencoder", "random", "voc-shapes", "paper 64", "smoke")
+    needles: tuple[str, ...] = ("context-encoder", "autoencoder", "random", "voc-shapes", "paper 64", "smoke")
     needles += ("docs/protocols/sources.md",)  # the help cites what the repository holds
     for needle in needles:
         assert needle in text, needle
