@@ -1,18 +1,24 @@
 """The ``bench`` command line: one subcommand per stage of the suite.
 
 Each subcommand lives in ``benchmarks/commands/<name>.py`` and provides ``HELP`` (one line), ``DESCRIPTION``
-(the ``--help`` text), ``add_arguments(parser)`` and ``run(args) -> int``. Command modules import heavy
-libraries inside ``run`` so that ``bench --help`` stays fast.
+(the ``--help`` text), ``add_arguments(parser)`` and ``run(args) -> int``. Building the parser imports every
+command module (and with them torch), so this module imports what it needs at the top.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
-from types import ModuleType
 from typing import Any
+
+from benchmarks.failures import EXIT_INTERRUPTED, expected_failure
+from pretrain.allocator import keep_freed_memory
+from pretrain.preemption import EXIT_PREEMPTED, Preempted
+from pretrain.runinfo import code_version
 
 #: subcommand -> module, in the order ``bench --help`` lists them
 COMMANDS: dict[str, str] = {
@@ -28,15 +34,6 @@ COMMANDS: dict[str, str] = {
     "speed": "benchmarks.commands.speed",
     "selftest": "benchmarks.commands.selftest",
 }
-
-
-def _load(module_name: str) -> ModuleType | None:
-    try:
-        return importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name == module_name:  # the command is not part of this build
-            return None
-        raise
 
 
 class _CommandParser(argparse.ArgumentParser):
@@ -58,8 +55,6 @@ class _VersionAction(argparse.Action):
         super().__init__(option_strings, dest=dest, nargs=0, default=argparse.SUPPRESS, help=kwargs.get("help"))  # type: ignore[arg-type]
 
     def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
-        from pretrain.runinfo import code_version
-
         info = code_version()
         if info["commit"] is None:
             commit = "commit unknown (not a git checkout)"
@@ -82,9 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action=_VersionAction, help="print the version and git commit, then exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_CommandParser)
     for name, module_name in COMMANDS.items():
-        module = _load(module_name)
-        if module is None:
-            continue
+        module = importlib.import_module(module_name)
         p = sub.add_parser(
             name,
             help=module.HELP,
@@ -99,8 +92,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     if argv is None:  # a `bench` process (not a call from Python code): keep freed memory for reuse
-        from pretrain.allocator import keep_freed_memory
-
         keep_freed_memory()
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -114,10 +105,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run_command(args: argparse.Namespace) -> int:
     """Run the subcommand; an expected failure (``benchmarks/failures.py``) or Ctrl-C ends in one line on stderr
     and a non-zero exit status instead of a traceback."""
-    import signal
-    import threading
-
-    from benchmarks.failures import EXIT_INTERRUPTED, expected_failure
 
     def stop(signum: int, frame: object) -> None:  # SIGTERM outside a training loop: end like Ctrl-C
         raise KeyboardInterrupt(signal.Signals(signum).name)
@@ -129,8 +116,6 @@ def _run_command(args: argparse.Namespace) -> int:
         print(f"bench {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:
-        from pretrain.preemption import EXIT_PREEMPTED, Preempted
-
         if isinstance(exc, Preempted):
             print(f"bench {args.command}: {exc}", file=sys.stderr)
             return EXIT_PREEMPTED

@@ -1,46 +1,70 @@
-"""The hot paths ``bench speed`` measures, each built from the suite's own code (registered into
-``benchmarks.speed.HOT_PATHS``).
+"""The hot paths ``bench speed`` measures, each built from the suite's own code, and their registry ``HOT_PATHS``.
 
 Every builder returns a ``Workload`` whose ``step()`` runs exactly what the training loop runs per iteration (the
 real method class, the real ``train_step`` function, the real DataLoader), on synthetic tensors where the content of
 the images does not change the arithmetic, and on real JPEG files where it does (the data loader, selective
-search). A builder raises ``HotPathUnavailable`` when the module it needs is not in this build (e.g. the detection
-package before it lands); the table then shows a clear "unavailable" row instead of a crash.
+search). Each builder imports what it measures inside itself, so a measuring subprocess loads only the code of its
+own hot path and its memory figures are that path's. ``benchmarks.speed`` times the workloads registered here.
 
-Sizes (stated in each row's note): the context-encoder step at the paper's 227 px with batch 16 (the issue's
-target; the paper preset trains batch 64), the inpainting step at 128 px with batch 64 (the official command), the
-classification step at 227 px with batch 16 (Krähenbühl et al.'s fine-tuning), Fast R-CNN with 2 images of 800x600
-(a 500x375 VOC image at Fast R-CNN's short side 600) and 64 RoIs each, FCN-32s with one 500x375 image (the released
-FCN-AlexNet solver accumulates 20 single images per update), selective search on 500x375 images.
+Sizes (stated in each row's note): the context-encoder step at the paper's 227 px with batch 16 (the size of the
+speed targets in docs/performance.md; the paper preset trains batch 64), the inpainting step at 128 px with batch
+64 (the official command), the classification step at 227 px with batch 16 (Krähenbühl et al.'s fine-tuning), Fast
+R-CNN with 2 images of 800x600 (a 500x375 VOC image at Fast R-CNN's short side 600) and 64 RoIs each, FCN-32s with
+one 500x375 image (the released FCN-AlexNet solver accumulates 20 single images per update), selective search on
+500x375 images.
 """
 
 from __future__ import annotations
 
 import atexit
-import importlib
 import itertools
 import shutil
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from benchmarks.speed import Workload, register
-
 #: a typical PASCAL VOC image (width, height)
 VOC_IMAGE_SIZE = (500, 375)
 
 
-class HotPathUnavailable(RuntimeError):
-    """The module a hot path needs is not part of this build."""
+@dataclass
+class Workload:
+    """One timed unit of work: ``step()`` processes ``images_per_step`` images."""
+
+    step: Callable[[], Any]
+    images_per_step: int
+    note: str = ""
+    count_flops: bool = True  # False for work that is not matrix arithmetic (decoding, proposals)
+    sync: Callable[[], None] = field(default=lambda: None)
+    #: name of the hot path this one feeds (the data loader feeds ``ce_step``): the report adds the ratio
+    feeds: str | None = None
+    #: untimed steps first (None: the engine's default); a prefetching loader needs enough to drain its queue
+    warmup: int | None = None
+    #: "median" step time (compute steps) or "mean" (total time / steps: a loader's per-step times are bimodal,
+    #: near zero while prefetched batches last, long when the workers are the limit)
+    aggregate: str = "median"
 
 
-def _require(module: str) -> Any:
-    try:
-        return importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        raise HotPathUnavailable(f"unavailable: {module} is not in this build ({exc.name} missing)") from exc
+#: builds a hot path's workload: builder(device, precision, quick) -> Workload
+HotPathBuilder = Callable[[torch.device, str, bool], Workload]
+#: name -> (description, builder, precisions)
+HOT_PATHS: dict[str, tuple[str, HotPathBuilder, tuple[str, ...]]] = {}
+
+
+def register(
+    name: str, description: str, precisions: tuple[str, ...] = ("fp32", "bf16")
+) -> Callable[[HotPathBuilder], HotPathBuilder]:
+    """Decorator adding a hot-path builder to ``HOT_PATHS``."""
+
+    def wrap(fn: HotPathBuilder) -> HotPathBuilder:
+        HOT_PATHS[name] = (description, fn, precisions)
+        return fn
+
+    return wrap
 
 
 def _images(n: int, size: int | tuple[int, int], device: torch.device, seed: int = 0) -> torch.Tensor:
@@ -54,8 +78,6 @@ def _pretrain_method(method: str, device: torch.device, precision: str, **overri
     from pretrain.config import PRESETS, PretrainConfig
     from pretrain.methods import METHODS
 
-    if method not in METHODS:
-        raise HotPathUnavailable(f"unavailable: pretraining method {method!r} is not in this build")
     cls = METHODS[method]
     values = {**PRESETS["paper"], **cls.preset_overrides.get("paper", {}), **overrides, "precision": precision}
     config = PretrainConfig(data="", out="", method=method, device=str(device))
@@ -159,7 +181,6 @@ def _unfused_adam(method: Any) -> None:
 
 @register("inpaint_step", "128-px inpainting net: discriminator step + generator step (joint L2 + adversarial)")
 def inpaint_step(device: torch.device, precision: str, quick: bool) -> Workload:
-    _require("pretrain.inpainting")
     batch = 64
     method, config = _pretrain_method("inpainting", device, precision, batch_size=batch)
     images = _images(batch, config.crop_size, device)
@@ -171,7 +192,8 @@ def inpaint_step(device: torch.device, precision: str, quick: bool) -> Workload:
     "the same iteration before the speed work: 4x4 convolutional bottleneck, NCHW layout, unfused Adam",
 )
 def inpaint_step_before(device: torch.device, precision: str, quick: bool) -> Workload:
-    models = _require("pretrain.models.inpainting")
+    from pretrain.models import inpainting as models
+
     batch = 64
     method, config = _pretrain_method("inpainting", device, precision, batch_size=batch, channels_last=False)
     linear = method.unwrapped("generator")
@@ -274,9 +296,9 @@ def cls_step(device: torch.device, precision: str, quick: bool) -> Workload:
 
 @register("det_step", "Fast R-CNN: one SGD step (conv2-5 + RoI pooling + fc6/fc7 + cls/bbox heads)")
 def det_step(device: torch.device, precision: str, quick: bool) -> Workload:
-    model_mod = _require("transfer.detection.model")
-    train_mod = _require("transfer.detection.train")
     from pretrain.models.alexnet import alexnet_trunk
+    from transfer.detection import model as model_mod
+    from transfer.detection import train as train_mod
 
     images_n, rois_per_image, (h, w) = 2, 64, (600, 800)
     model = model_mod.FastRCNN(alexnet_trunk("torchvision"), hidden=4096).to(device)
@@ -327,7 +349,8 @@ def fcn_step(device: torch.device, precision: str, quick: bool) -> Workload:
 
 @register("proposals", "selective search (OpenCV, fast mode) per image, incl. JPEG decode", precisions=("n/a",))
 def proposals(device: torch.device, precision: str, quick: bool) -> Workload:
-    mod = _require("transfer.detection.proposals")
+    from transfer.detection import proposals as mod
+
     paths = sorted(_jpeg_folder(4).rglob("*.jpg"))
     cycle = itertools.cycle(paths)
 

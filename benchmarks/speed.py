@@ -5,6 +5,9 @@ peak memory is its own and one hot path's caches or thread pools cannot flatter 
 per workload with ``torch.utils.flop_counter.FlopCounterMode`` (matrix products and convolutions, forward and
 backward); achieved GFLOP/s = counted FLOPs per step / median step time. The model FLOP utilisation (MFU) is that
 figure divided by the measured peak of the same precision on the same machine, in the same ``bench speed`` run.
+
+What is measured is ``benchmarks.hot_paths`` (the workloads and their registry); this module only times them, so
+the dependency runs one way: ``speed`` imports ``hot_paths``, never the reverse.
 """
 
 from __future__ import annotations
@@ -17,28 +20,16 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
-
-@dataclass
-class Workload:
-    """One timed unit of work: ``step()`` processes ``images_per_step`` images."""
-
-    step: Callable[[], Any]
-    images_per_step: int
-    note: str = ""
-    count_flops: bool = True  # False for work that is not matrix arithmetic (decoding, proposals)
-    sync: Callable[[], None] = field(default=lambda: None)
-    #: name of the hot path this one feeds (the data loader feeds ``ce_step``): the report adds the ratio
-    feeds: str | None = None
-    #: untimed steps first (None: the engine's default); a prefetching loader needs enough to drain its queue
-    warmup: int | None = None
-    #: "median" step time (compute steps) or "mean" (total time / steps: a loader's per-step times are bimodal,
-    #: near zero while prefetched batches last, long when the workers are the limit)
-    aggregate: str = "median"
+from benchmarks.hot_paths import HOT_PATHS, Workload
+from pretrain.allocator import allocator_mode, keep_freed_memory
+from pretrain.distributed import resolve_device
+from pretrain.runinfo import environment_info, utc_now_iso
 
 
 @dataclass
@@ -86,8 +77,6 @@ def time_steps(
 
 def count_flops(step: Callable[[], Any]) -> float:
     """FLOPs of one call of ``step`` (matmuls and convolutions, forward and backward)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     counter = FlopCounterMode(display=False)
     with counter:
         step()
@@ -121,22 +110,6 @@ def _peak_workloads(device: torch.device, precision: str, quick: bool) -> dict[s
     }
 
 
-# ---------------------------------------------------------------- registry
-
-#: name -> (description, builder(device, precision, quick) -> Workload, precisions)
-HOT_PATHS: dict[str, tuple[str, Callable[[torch.device, str, bool], Workload], tuple[str, ...]]] = {}
-
-
-def register(name: str, description: str, precisions: tuple[str, ...] = ("fp32", "bf16")):
-    """Decorator adding a hot-path builder to ``HOT_PATHS``."""
-
-    def wrap(fn: Callable[[torch.device, str, bool], Workload]) -> Callable[[torch.device, str, bool], Workload]:
-        HOT_PATHS[name] = (description, fn, precisions)
-        return fn
-
-    return wrap
-
-
 def _sync_for(device: torch.device) -> Callable[[], None]:
     if device.type == "cuda":
         return torch.cuda.synchronize
@@ -145,10 +118,6 @@ def _sync_for(device: torch.device) -> Callable[[], None]:
 
 def run_worker(name: str, precision: str, device_name: str, quick: bool) -> dict[str, Any]:
     """Measure one workload in this process (called in a subprocess by ``run_all``)."""
-    import benchmarks.hot_paths  # noqa: F401  (registers the hot paths)
-    from pretrain.allocator import allocator_mode
-    from pretrain.distributed import resolve_device
-
     device = resolve_device(device_name)
     if os.environ.get(THREADS_ENV):
         torch.set_num_threads(int(os.environ[THREADS_ENV]))
@@ -159,12 +128,7 @@ def run_worker(name: str, precision: str, device_name: str, quick: bool) -> dict
     if name.startswith("peak:"):
         workload = _peak_workloads(device, precision, quick)[name.split(":", 1)[1]]
     else:
-        from benchmarks.hot_paths import HotPathUnavailable
-
-        try:
-            workload = HOT_PATHS[name][1](device, precision, quick)
-        except HotPathUnavailable as exc:
-            return {"name": name, "precision": precision, "unavailable": str(exc)}
+        workload = HOT_PATHS[name][1](device, precision, quick)
     sync = _sync_for(device)
     workload.sync = sync
     flops = count_flops(workload.step) if workload.count_flops else None
@@ -226,10 +190,6 @@ def run_all(
     progress: Callable[[str], None] = lambda s: None,
 ) -> dict[str, Any]:
     """Peak first, then every selected hot path in each of its precisions; MFU filled in against the peak."""
-    import benchmarks.hot_paths  # noqa: F401
-    from pretrain.distributed import resolve_device
-    from pretrain.runinfo import environment_info, utc_now_iso
-
     dev = resolve_device(device)
     precisions = ("fp32", "bf16")
     peaks: dict[str, float] = {}
@@ -286,9 +246,6 @@ def format_table(report: dict[str, Any]) -> str:
         if "error" in r:
             lines.append(f"{r['name']:<26}{r['precision']:<6}  ERROR: {r['error'].splitlines()[-1]}")
             continue
-        if "unavailable" in r:
-            lines.append(f"{r['name']:<26}{r['precision']:<6}  {r['unavailable']}")
-            continue
         ips = f"{r['images_per_s']:.1f}" if r["images_per_step"] else "-"
         gf = f"{r['gflop_per_s']:.0f}" if r["gflop_per_s"] else "-"
         mfu = f"{100 * r['mfu']:.0f}%" if r.get("mfu") else "-"
@@ -310,8 +267,6 @@ def format_table(report: dict[str, Any]) -> str:
 
 def _main(argv: list[str]) -> int:
     if argv[:1] == ["--worker"]:
-        from pretrain.allocator import keep_freed_memory
-
         keep_freed_memory()  # as the `bench` commands do, so that the figures are theirs
         name, precision, device = argv[1:4]
         print(json.dumps(run_worker(name, precision, device, "--quick" in argv)))
@@ -320,8 +275,4 @@ def _main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    # run through the importable module: the hot paths register into ``benchmarks.speed.HOT_PATHS``, not into
-    # this ``__main__`` copy
-    from benchmarks.speed import _main as _module_main
-
-    sys.exit(_module_main(sys.argv[1:]))
+    sys.exit(_main(sys.argv[1:]))

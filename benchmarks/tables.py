@@ -2,9 +2,9 @@
 
 Everything here is a pure function of the record files and ``results/reported.json``: records are sorted, numbers are
 formatted with a fixed number of decimals and no timestamps are written, so the same records always give
-byte-identical outputs (DESIGN.md "Records, not logs").
+byte-identical outputs (docs/architecture.md, "Records, not logs").
 
-Honesty rules (issue 8):
+Honesty rules:
 
 * a column is one ``Column`` = (task, protocol id, protocol version, preset, dataset, train split, eval split,
   metric); records that differ in any of these never share a cell;

@@ -7,12 +7,8 @@ it with ``munmap`` when freed, so each step touches those pages for the first ti
 tens of milliseconds per step on CPU. ``keep_freed_memory`` turns that off for the process: every allocation comes
 from the heap (``M_MMAP_MAX = 0``) and freed memory stays there for the next step (``M_TRIM_THRESHOLD`` at its
 maximum). The arithmetic is untouched. The costs: the process gives memory back to the system only when it exits,
-and its peak memory can be higher (freed blocks are not always the right size for the next request; measured up
-to +23%, Fast R-CNN bf16 1.6 -> 2.0 GB).
-
-Measured with two back-to-back ``bench speed`` runs (docs/performance.md): classification step +29% fp32 / +60%
-bf16, Fast R-CNN +22% / +52%, FCN +42% / +60%, inpainting bf16 +18%; the 227-px context-encoder step, whose
-buffers are all below 32 MB, does not change.
+and its peak memory can be higher (freed blocks are not always the right size for the next request). The gains
+and costs measured on each hot path are in docs/performance.md ("What was optimised").
 
 Applied by the ``bench`` entry point and by ``bench speed``'s measuring processes, so that the speed figures are
 those of the commands. ``BENCH_MALLOC=system`` in the environment keeps glibc's defaults. Other C libraries (macOS,

@@ -61,7 +61,7 @@ def _walk_images(folder: Path) -> Iterator[Path]:
 
 
 def _voc_images(spec: str) -> list[Path]:
-    from transfer.voc import VOCError, image_path, read_image_set, resolve_year_dir
+    from pretrain.voc_layout import VOCError, image_path, read_image_set, resolve_year_dir
 
     parts = spec[len("voc:") :].split(":")
     if len(parts) > 3 or not parts[0]:

@@ -7,8 +7,9 @@ Protocol ``inpaint-center`` (version 1), written out in docs/protocols/inpaintin
   bilinear interpolation, then the central ``crop_size`` (128) square is taken. An image whose crop would need
   more pixels than it has (shorter side below 128 with ``resize_short=0``, or below 128 at all) is upscaled to a
   128 shorter side with a warning.
-* Hole: the central 64x64 square shrunk by ``overlap`` pixels on each side (PAPER.md §2: the network sees a ring
-  of ``overlap`` px of the true centre). Every method fills the hole only; every other pixel is the original.
+* Hole: the central 64x64 square shrunk by ``overlap`` pixels on each side (Pathak et al. 2016, Sec. 5.1: the
+  network sees a ring of ``overlap`` px of the true centre). Every method fills the hole only; every other pixel
+  is the original.
 * Regions: ``center`` = the whole 64x64 centre of the completed image (the ring, if any, is the original there for
   every method), ``hole`` = the dropped pixels only. With ``overlap=0`` both are the same.
 * Values in [0, 1]. Per image: ``L1`` = mean |x_hat - x| over the region's pixels and channels, ``L2`` = mean
@@ -104,7 +105,7 @@ def crop_for_eval(im: Image.Image, protocol: EvalProtocol = EvalProtocol(), name
 
 
 def centre_region(size: int = 128) -> np.ndarray:
-    """Boolean ``[size, size]``: the central square of half the side (1/4 of the area, PAPER.md §3)."""
+    """Boolean ``[size, size]``: the central square of half the side (1/4 of the area, Pathak et al. 2016, Sec. 3.3)."""
     region = np.zeros((size, size), bool)
     q = size // 4
     region[q : size - q, q : size - q] = True

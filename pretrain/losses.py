@@ -1,4 +1,4 @@
-"""Reconstruction loss of the context encoder (Pathak et al. 2016, eq. 1; PAPER.md §4).
+"""Reconstruction loss of the context encoder (Pathak et al. 2016, Sec. 3.2, Eq. (1)).
 
 ``L_rec(x) = || M (.) (x - F((1 - M) (.) x)) ||_2^2`` with ``M = 1`` on dropped pixels, normalised by the number of
 dropped values: ``masked_l2_loss`` returns
@@ -91,7 +91,7 @@ def overlap_band_weight(mask_hole: torch.Tensor, mask_region: torch.Tensor, band
 
     The ring is inside the predicted region (``mask_region``, e.g. the 64x64 centre) but outside the dropped hole
     (``mask_hole``, the centre shrunk by the overlap): the network sees those pixels yet must predict them, and the
-    official code weights their L2 ``overlapL2Weight = 10`` times (PAPER.md §2).
+    official code weights their L2 ``overlapL2Weight = 10`` times (Pathak et al. 2016, Sec. 5.1; ``train.lua``).
     """
     if mask_hole.shape != mask_region.shape:
         raise ValueError(f"mask_hole {tuple(mask_hole.shape)} and mask_region {tuple(mask_region.shape)} differ")

@@ -1,4 +1,4 @@
-"""Region masks of the context encoder (Pathak et al. 2016, §3.3 and PAPER.md §3): which pixels are dropped.
+"""Region masks of the context encoder (Pathak et al., CVPR 2016, Sec. 3.3): which pixels are dropped.
 
 A mask is a bool tensor ``[N, 1, H, W]``, True = dropped pixel (the paper's ``M = 1``). Four strategies:
 
@@ -20,13 +20,17 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import ClassVar
 
 import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+
+from pretrain.voc_layout import VOCError, read_image_set, resolve_year_dir
 
 #: fill value of dropped pixels for images in [-1, 1]: the mean colour (117, 104, 123) of the official Lua code
 #: (``train.lua``: ``real_ctr[{{},{1},...}]:fill(2*117.0/255.0 - 1.0)`` and likewise 104, 123)
@@ -51,16 +55,17 @@ def _randint(n: int, low: torch.Tensor | int, high: torch.Tensor | int, generato
     return low_t + (torch.rand(n, generator=generator, dtype=torch.float64) * span).long().clamp(max=span.long() - 1)
 
 
+@dataclass(eq=False, repr=False)
 class MaskGenerator(ABC):
     """Base class: ``sample(n, H, W, generator) -> bool [n, 1, H, W]`` (True = dropped).
 
-    Subclasses implement ``_sample`` (an independent mask per sample); this class adds the ``per_batch`` mode.
+    Subclasses are dataclasses whose fields are their options (checked in ``__post_init__``); they implement
+    ``_sample`` (an independent mask per sample) and this class adds the ``per_batch`` mode. Fields with
+    ``repr=False`` are state or loading options, not part of ``describe()``.
     """
 
-    name: str = "mask"
-
-    def __init__(self, per_batch: bool = False) -> None:
-        self.per_batch = per_batch
+    name: ClassVar[str] = "mask"
+    per_batch: bool = field(default=False, kw_only=True)
 
     def sample(self, n: int, height: int, width: int, generator: torch.Generator) -> torch.Tensor:
         """Draw masks for a batch of ``n`` images of ``height`` x ``width``: bool ``[n, 1, H, W]``, True = dropped."""
@@ -77,14 +82,15 @@ class MaskGenerator(ABC):
         """``n`` independent masks, bool ``[n, 1, H, W]``."""
 
     def describe(self) -> dict[str, object]:
-        """The options of this generator (for run configurations and export metadata)."""
-        return {"name": self.name, "per_batch": self.per_batch}
+        """The name and options of this generator."""
+        return {"name": self.name, **{f.name: getattr(self, f.name) for f in fields(self) if f.repr}}
 
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in self.describe().items() if k != "name")
         return f"{type(self).__name__}({opts})"
 
 
+@dataclass(eq=False, repr=False)
 class CenterMask(MaskGenerator):
     """The central square (paper §3.3 "central region"): side ``fraction`` x size (1/4 of the area at 0.5),
     shrunk by ``overlap`` px on each side.
@@ -95,16 +101,15 @@ class CenterMask(MaskGenerator):
     overlap``; for 128 px and overlap 4 that is rows/cols 36..91 (the Lua code's 1-based ``1 + 32 + 4 .. 96 - 4``).
     """
 
-    name = "center"
+    name: ClassVar[str] = "center"
+    fraction: float = 0.5
+    overlap: int = 0
 
-    def __init__(self, fraction: float = 0.5, overlap: int = 0, per_batch: bool = False) -> None:
-        super().__init__(per_batch)
-        if not 0.0 < fraction <= 1.0:
-            raise MaskError(f"center mask fraction must be in (0, 1], got {fraction}")
-        if overlap < 0:
-            raise MaskError(f"center mask overlap must be >= 0, got {overlap}")
-        self.fraction = fraction
-        self.overlap = overlap
+    def __post_init__(self) -> None:
+        if not 0.0 < self.fraction <= 1.0:
+            raise MaskError(f"center mask fraction must be in (0, 1], got {self.fraction}")
+        if self.overlap < 0:
+            raise MaskError(f"center mask overlap must be >= 0, got {self.overlap}")
 
     def region_box(self, height: int, width: int, overlap: int | None = None) -> tuple[int, int, int, int]:
         """``(top, left, bottom, right)`` (exclusive end) of the centre square shrunk by ``overlap`` px."""
@@ -122,10 +127,8 @@ class CenterMask(MaskGenerator):
         mask[:, :, top:bottom, left:right] = True
         return mask
 
-    def describe(self) -> dict[str, object]:
-        return {**super().describe(), "fraction": self.fraction, "overlap": self.overlap}
 
-
+@dataclass(eq=False, repr=False)
 class RandomBlockMask(MaskGenerator):
     """Several smaller, possibly overlapping rectangular blocks covering up to ``max_coverage`` of the image
     (paper §3.3 "random block"; the sizes and counts are this suite's choice, see the protocol doc).
@@ -136,31 +139,24 @@ class RandomBlockMask(MaskGenerator):
     ``max_blocks`` blocks are kept. The first block always fits (``max_side**2 <= max_coverage``), so coverage > 0.
     """
 
-    name = "random-block"
+    name: ClassVar[str] = "random-block"
+    max_coverage: float = 0.25
+    min_side: float = 1 / 8
+    max_side: float = 1 / 4
+    max_blocks: int = 10
+    attempts: int = 30
 
-    def __init__(
-        self,
-        max_coverage: float = 0.25,
-        min_side: float = 1 / 8,
-        max_side: float = 1 / 4,
-        max_blocks: int = 10,
-        attempts: int = 30,
-        per_batch: bool = False,
-    ) -> None:
-        super().__init__(per_batch)
-        if not 0.0 < max_coverage <= 1.0:
-            raise MaskError(f"random-block max_coverage must be in (0, 1], got {max_coverage}")
-        if not 0.0 < min_side <= max_side <= 1.0:
-            raise MaskError(f"random-block needs 0 < min_side <= max_side <= 1, got {min_side}, {max_side}")
-        if max_side**2 > max_coverage:
-            raise MaskError(f"random-block max_side {max_side} gives blocks larger than max_coverage {max_coverage}")
-        if max_blocks < 1 or attempts < 1:
+    def __post_init__(self) -> None:
+        if not 0.0 < self.max_coverage <= 1.0:
+            raise MaskError(f"random-block max_coverage must be in (0, 1], got {self.max_coverage}")
+        if not 0.0 < self.min_side <= self.max_side <= 1.0:
+            raise MaskError(f"random-block needs 0 < min_side <= max_side <= 1, got {self.min_side}, {self.max_side}")
+        if self.max_side**2 > self.max_coverage:
+            raise MaskError(
+                f"random-block max_side {self.max_side} gives blocks larger than max_coverage {self.max_coverage}"
+            )
+        if self.max_blocks < 1 or self.attempts < 1:
             raise MaskError("random-block max_blocks and attempts must be >= 1")
-        self.max_coverage = max_coverage
-        self.min_side = min_side
-        self.max_side = max_side
-        self.max_blocks = max_blocks
-        self.attempts = attempts
 
     def _sample(self, n: int, height: int, width: int, generator: torch.Generator) -> torch.Tensor:
         limit = math.floor(self.max_coverage * height * width + 1e-9)
@@ -192,17 +188,8 @@ class RandomBlockMask(MaskGenerator):
                         break
         return torch.from_numpy(union)[:, None]
 
-    def describe(self) -> dict[str, object]:
-        return {
-            **super().describe(),
-            "max_coverage": self.max_coverage,
-            "min_side": self.min_side,
-            "max_side": self.max_side,
-            "max_blocks": self.max_blocks,
-            "attempts": self.attempts,
-        }
 
-
+@dataclass(eq=False, repr=False)
 class RandomRegionMask(MaskGenerator):
     """Random region dropout as the official Lua code makes it (``train.lua``, ``opt.wtl2`` / random pattern).
 
@@ -219,37 +206,28 @@ class RandomRegionMask(MaskGenerator):
     accepted window within ``max_tries`` raises ``MaskError`` (this happens only for impossible settings).
     """
 
-    name = "random-region"
+    name: ClassVar[str] = "random-region"
+    noise_size: int = 600
+    field_size: int = 2000
+    density: float = 0.25
+    min_coverage: float = 0.20
+    max_coverage: float = 0.30
+    max_tries: int = 2000
+    seed: int = 0
+    reference_field_size: int = 10000
+    _field: torch.Tensor | None = field(default=None, init=False, repr=False)
+    _resize_cache: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict, init=False, repr=False)
 
-    def __init__(
-        self,
-        noise_size: int = 600,
-        field_size: int = 2000,
-        density: float = 0.25,
-        min_coverage: float = 0.20,
-        max_coverage: float = 0.30,
-        max_tries: int = 2000,
-        seed: int = 0,
-        reference_field_size: int = 10000,
-        per_batch: bool = False,
-    ) -> None:
-        super().__init__(per_batch)
-        if noise_size < 4 or field_size < noise_size:
-            raise MaskError(f"random-region needs 4 <= noise_size <= field_size, got {noise_size}, {field_size}")
-        if not 0.0 <= min_coverage < max_coverage <= 1.0:
+    def __post_init__(self) -> None:
+        if self.noise_size < 4 or self.field_size < self.noise_size:
             raise MaskError(
-                f"random-region needs 0 <= min_coverage < max_coverage <= 1, got {min_coverage}, {max_coverage}"
+                f"random-region needs 4 <= noise_size <= field_size, got {self.noise_size}, {self.field_size}"
             )
-        self.noise_size = noise_size
-        self.field_size = field_size
-        self.density = density
-        self.min_coverage = min_coverage
-        self.max_coverage = max_coverage
-        self.max_tries = max_tries
-        self.seed = seed
-        self.reference_field_size = reference_field_size
-        self._field: torch.Tensor | None = None
-        self._resize_cache: dict[tuple[int, int], torch.Tensor] = {}
+        if not 0.0 <= self.min_coverage < self.max_coverage <= 1.0:
+            raise MaskError(
+                "random-region needs 0 <= min_coverage < max_coverage <= 1, got "
+                f"{self.min_coverage}, {self.max_coverage}"
+            )
 
     @property
     def field(self) -> torch.Tensor:
@@ -339,18 +317,6 @@ class RandomRegionMask(MaskGenerator):
             tries += per_round
         return out[:, None]
 
-    def describe(self) -> dict[str, object]:
-        return {
-            **super().describe(),
-            "noise_size": self.noise_size,
-            "field_size": self.field_size,
-            "density": self.density,
-            "min_coverage": self.min_coverage,
-            "max_coverage": self.max_coverage,
-            "seed": self.seed,
-            "reference_field_size": self.reference_field_size,
-        }
-
 
 def load_voc_object_shapes(
     voc_root: str | Path,
@@ -362,8 +328,6 @@ def load_voc_object_shapes(
 ) -> torch.Tensor:
     """Object shapes of VOC ``SegmentationObject`` masks: bool ``[S, R, R]``, each object cropped to its box,
     centred in a square and resized to ``resolution`` (object borders, label 255, are not part of a shape)."""
-    from transfer.voc import VOCError, read_image_set, resolve_year_dir
-
     try:
         year_dir = resolve_year_dir(voc_root, year)
         ids = read_image_set(year_dir, split, kind="Segmentation")
@@ -409,6 +373,7 @@ def load_voc_object_shapes(
     return torch.stack(shapes)
 
 
+@dataclass(eq=False, repr=False)
 class VOCShapeMask(MaskGenerator):
     """Random region dropout as the paper describes it (§3.3): shapes of PASCAL VOC 2012 object segmentation masks,
     randomly deformed and pasted at random places until up to 1/4 of the image is covered.
@@ -423,42 +388,35 @@ class VOCShapeMask(MaskGenerator):
     ``split`` defaults to VOC2012 ``train``: ``val`` is the test split of the segmentation transfer.
     """
 
-    name = "voc-shapes"
+    name: ClassVar[str] = "voc-shapes"
+    voc_root: str | Path
+    year: str = "2012"
+    split: str = "train"
+    max_coverage: float = 0.25
+    min_area: float = 0.03
+    max_area: float = 0.15
+    max_aspect: float = 1.5
+    max_rotation: float = 30.0
+    attempts: int = 8
+    resolution: int = 64
+    min_object_pixels: int = field(default=64, repr=False)
+    max_shapes: int | None = field(default=None, repr=False)
+    #: the loaded shapes, bool ``[S, R, R]``
+    shapes: torch.Tensor = field(init=False, repr=False)
+    #: fraction of each shape's square that the object fills (to scale a shape to a target area)
+    fill_fraction: torch.Tensor = field(init=False, repr=False)
+    _shapes_np: np.ndarray = field(init=False, repr=False)
 
-    def __init__(
-        self,
-        voc_root: str | Path,
-        year: str = "2012",
-        split: str = "train",
-        max_coverage: float = 0.25,
-        min_area: float = 0.03,
-        max_area: float = 0.15,
-        max_aspect: float = 1.5,
-        max_rotation: float = 30.0,
-        attempts: int = 8,
-        resolution: int = 64,
-        min_object_pixels: int = 64,
-        max_shapes: int | None = None,
-        per_batch: bool = False,
-    ) -> None:
-        super().__init__(per_batch)
-        if not 0.0 < min_area <= max_area < max_coverage <= 1.0:
+    def __post_init__(self) -> None:
+        if not 0.0 < self.min_area <= self.max_area < self.max_coverage <= 1.0:
             raise MaskError(
-                f"voc-shapes needs 0 < min_area <= max_area < max_coverage <= 1, got {min_area}, "
-                f"{max_area}, {max_coverage}"
+                f"voc-shapes needs 0 < min_area <= max_area < max_coverage <= 1, got {self.min_area}, "
+                f"{self.max_area}, {self.max_coverage}"
             )
-        self.voc_root = str(voc_root)
-        self.year = year
-        self.split = split
-        self.max_coverage = max_coverage
-        self.min_area = min_area
-        self.max_area = max_area
-        self.max_aspect = max_aspect
-        self.max_rotation = max_rotation
-        self.attempts = attempts
-        self.resolution = resolution
-        self.shapes = load_voc_object_shapes(voc_root, year, split, resolution, min_object_pixels, max_shapes)
-        #: fraction of each shape's square that the object fills (to scale a shape to a target area)
+        self.voc_root = str(self.voc_root)
+        self.shapes = load_voc_object_shapes(
+            self.voc_root, self.year, self.split, self.resolution, self.min_object_pixels, self.max_shapes
+        )
         self.fill_fraction = self.shapes.flatten(1).float().mean(1)
         self._shapes_np = self.shapes.numpy().astype(np.float32)
 
@@ -529,20 +487,7 @@ class VOCShapeMask(MaskGenerator):
         return torch.from_numpy(union)[:, None]
 
     def describe(self) -> dict[str, object]:
-        return {
-            **super().describe(),
-            "voc_root": self.voc_root,
-            "year": self.year,
-            "split": self.split,
-            "shapes": int(self.shapes.shape[0]),
-            "max_coverage": self.max_coverage,
-            "min_area": self.min_area,
-            "max_area": self.max_area,
-            "max_aspect": self.max_aspect,
-            "max_rotation": self.max_rotation,
-            "attempts": self.attempts,
-            "resolution": self.resolution,
-        }
+        return {**super().describe(), "shapes": int(self.shapes.shape[0])}
 
 
 def build_mask(

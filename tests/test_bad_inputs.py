@@ -77,6 +77,7 @@ def test_detection_annotation_problems_are_named_per_file(voc_root: Path, tmp_pa
     with pytest.warns(UserWarning, match="annotation problems"):
         _, report = load_detection_split(year, "test", lambda i, w, h: np.zeros((0, 4), np.float32))
     problems = report.to_dict()["problems"]
+    assert isinstance(problems, list)
     assert any(str(xml) in p and "<size> 999x" in p for p in problems)
     assert any(str(xml2) in p and "dropped" in p for p in problems)
 

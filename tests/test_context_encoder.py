@@ -85,7 +85,9 @@ def test_bf16_autocast_forward_and_backward_on_cpu() -> None:
         out = model(x)
     assert out.shape == (2, 3, 99, 99)
     out.float().pow(2).mean().backward()
-    assert model.encoder[0].weight.grad is not None and torch.isfinite(model.encoder[0].weight.grad).all()
+    conv1 = model.encoder[0]
+    assert isinstance(conv1, torch.nn.Conv2d)
+    assert conv1.weight.grad is not None and torch.isfinite(conv1.weight.grad).all()
 
 
 def test_bad_options_are_refused() -> None:

@@ -90,8 +90,8 @@ def test_iou_uses_the_devkits_inclusive_pixel_convention() -> None:
 def test_eleven_point_thresholds_round_like_the_devkit() -> None:
     # MATLAB's 0:0.1:1 makes the fourth level 0.30000000000000004, so recall exactly 0.3 only reaches 0, .1, .2
     for convention in ("devkit", "py-faster-rcnn"):
-        assert voc07_11point_ap(np.array([0.3]), np.array([1.0]), convention) == pytest.approx(3 / 11)  # type: ignore[arg-type]
-        assert voc07_11point_ap(np.array([0.5]), np.array([1.0]), convention) == pytest.approx(6 / 11)  # type: ignore[arg-type]
+        assert voc07_11point_ap(np.array([0.3]), np.array([1.0]), convention) == pytest.approx(3 / 11)
+        assert voc07_11point_ap(np.array([0.5]), np.array([1.0]), convention) == pytest.approx(6 / 11)
     # ... but its 7th level is 0.6 itself (1 - 4 * 0.1), where np.arange has 0.6000000000000001
     assert voc07_11point_ap(np.array([0.6]), np.array([1.0])) == pytest.approx(7 / 11)
     assert voc07_11point_ap(np.array([0.6]), np.array([1.0]), "py-faster-rcnn") == pytest.approx(6 / 11)

@@ -42,6 +42,7 @@ def test_loss_curve_marks_few_points_and_smooths_many(tmp_path: Path) -> None:
     _log(tmp_path / "runs" / "short", 4, 5, "context-encoder")
     _log(tmp_path / "runs" / "long", SMOOTH_FROM + 10, 20, "autoencoder")
     fig = loss_figure([tmp_path / "runs"])
+    assert fig is not None
     ax = fig.axes[0]
     labelled = {line.get_label(): line for line in ax.get_lines() if not line.get_label().startswith("_")}
     short = labelled["short (context-encoder): loss (4 points)"]
@@ -53,6 +54,7 @@ def test_loss_curve_marks_few_points_and_smooths_many(tmp_path: Path) -> None:
     assert "lower --log-every" in ax.get_title()  # 4 < FEW_POINTS
     assert FEW_POINTS > 4
     only_long = loss_figure([tmp_path / "runs" / "long"])
+    assert only_long is not None
     assert "lower --log-every" not in only_long.axes[0].get_title()
 
 
@@ -81,6 +83,7 @@ def test_sample_grid_shows_the_prediction_pasted_into_the_hole(tmp_path: Path) -
     assert not torch.equal(pred[~hole], original[~hole])  # the raw prediction is shown as it is
     (run / "log.jsonl").write_text('{"iteration": 10, "loss": 0.5}\n')
     fig = sample_grid_figure(run)
+    assert fig is not None
     labels = [t.get_text() for t in fig.axes[0].get_xticklabels()]
     assert labels == ["masked input", "prediction", "pasted into the hole", "original"]
     assert "iteration 10" in fig.axes[0].get_title()
@@ -93,7 +96,9 @@ def test_legacy_sample_grids_keep_three_columns(tmp_path: Path) -> None:
     path.parent.mkdir(parents=True)
     save_image(torch.rand(6, 3, 16, 16), str(path), nrow=3, padding=2)
     assert sample_grid_columns(path) == ("masked input", "prediction", "original")
-    assert [t.get_text() for t in sample_grid_figure(tmp_path / "old").axes[0].get_xticklabels()] == [
+    old = sample_grid_figure(tmp_path / "old")
+    assert old is not None
+    assert [t.get_text() for t in old.axes[0].get_xticklabels()] == [
         "masked input",
         "prediction",
         "original",

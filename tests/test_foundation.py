@@ -30,6 +30,13 @@ from transfer.voc import (
 from transfer.weights import WeightsError, load_alexnet_trunk
 
 
+def _weight(layers: torch.nn.Sequential, index: int) -> torch.Tensor:
+    """The weight of convolution ``index`` of an AlexNet ``features`` chain."""
+    layer = layers[index]
+    assert isinstance(layer, torch.nn.Conv2d), layer
+    return layer.weight
+
+
 def test_trunk_matches_torchvision_features() -> None:
     ours = alexnet_trunk().state_dict()
     theirs = torchvision.models.alexnet().features.state_dict()
@@ -107,7 +114,7 @@ def test_weight_sources(tmp_path: Path) -> None:
     torch.save(tv.state_dict(), tmp_path / "tv.pth")
     trunk, info = load_alexnet_trunk(tmp_path / "tv.pth")
     assert info.kind == "torchvision"
-    assert torch.equal(trunk[0].weight, tv.features[0].weight)
+    assert torch.equal(_weight(trunk, 0), _weight(tv.features, 0))
 
     save_file(
         {k: v.contiguous() for k, v in tv.features.state_dict().items()},
@@ -116,7 +123,7 @@ def test_weight_sources(tmp_path: Path) -> None:
     )
     trunk, info = load_alexnet_trunk(tmp_path / "encoder.safetensors")
     assert (info.method, info.iterations, info.kind) == ("context-encoder", 20, "safetensors")
-    assert torch.equal(trunk[10].weight, tv.features[10].weight)
+    assert torch.equal(_weight(trunk, 10), _weight(tv.features, 10))
 
     run = tmp_path / "run"
     atomic_torch_save(
@@ -128,8 +135,8 @@ def test_weight_sources(tmp_path: Path) -> None:
 
     r1, _ = load_alexnet_trunk("random", seed=1)
     r2, _ = load_alexnet_trunk("random", seed=1)
-    assert torch.equal(r1[0].weight, r2[0].weight)
-    assert abs(float(r1[3].weight.detach().std()) - 0.01) < 1e-3
+    assert torch.equal(_weight(r1, 0), _weight(r2, 0))
+    assert abs(float(_weight(r1, 3).detach().std()) - 0.01) < 1e-3
 
 
 def test_mismatched_weights_list_keys(tmp_path: Path) -> None:

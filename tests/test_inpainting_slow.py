@@ -11,7 +11,7 @@ import pytest
 from benchmarks.demo_data import make_image_folder
 from transfer.records import read_record
 
-#: the acceptance run of issue 4 (see docs/protocols/inpainting.md, "Checking that training works")
+#: the acceptance run of docs/protocols/inpainting.md, "Checking that training works"
 ITERATIONS = 200
 BOTTLENECK = 500
 

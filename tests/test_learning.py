@@ -193,9 +193,9 @@ def _fit_fcn(root: Path, variant: str, iterations: int, lr: float, seed: int = 0
         model, SegmentationDataset(items, train=False, input_norm="minus1to1"), ctx=ctx,
         num_classes=len(SEG_CLASSES), precision="bf16", workers=0, progress=False,
     )  # fmt: skip
-    hist = np.asarray(hist)
-    present = hist.sum(axis=1) > 0
-    return 100.0 * float(np.mean(per_class_iou(hist)[present])), int(present.sum())
+    counts = np.asarray(hist)
+    present = counts.sum(axis=1) > 0
+    return 100.0 * float(np.mean(per_class_iou(counts)[present])), int(present.sum())
 
 
 def test_fast_rcnn_fits_its_training_set(fit_tree: Path, tmp_path: Path) -> None:

@@ -37,7 +37,7 @@ def _record(task: str, method: str, seed: int | None, value: float, **kw: object
         started_at="2026-01-01T00:00:00.000000Z",
         wall_time_s=1.0,
         per_class={"AP": {"aeroplane": value + 2, "bicycle": value - 2}},
-        **defaults,  # type: ignore[arg-type]
+        **defaults,
     )
 
 

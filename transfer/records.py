@@ -1,6 +1,6 @@
 """Run records: one self-describing JSON file per transfer (or inpainting-evaluation) run.
 
-Tables are always regenerated from these files (DESIGN.md "Records, not logs"). The schema is documented in
+Tables are always regenerated from these files (docs/architecture.md, "Records, not logs"). The schema is documented in
 docs/records.md; ``validate_record`` checks it whenever a record is read. A record is written atomically and an
 existing record is never overwritten (a numbered suffix is added instead); a record that cannot be written is
 printed to stdout.

@@ -1,8 +1,10 @@
-"""PASCAL VOC devkit layout: locating years, image sets, annotations, classification labels and masks.
+"""PASCAL VOC devkit files: annotations, classification labels, segmentation masks and images.
 
-Accepted roots (``--voc-root``): the folder holding ``VOCdevkit``, ``VOCdevkit`` itself, or ``VOCdevkit/VOC2007``
-(then the other years are looked up beside it). Box coordinates are returned 0-based ``[x1, y1, x2, y2]`` floats in
-pixel units: VOC XML stores 1-based inclusive integers, so ``x1 = xmin - 1`` and ``x2 = xmax - 1``.
+Locating a year, its image sets and its JPEGs (``resolve_year_dir``, ``read_image_set``, ``image_path``,
+``VOCError``) is ``pretrain.voc_layout``, re-exported here so that transfer code has one VOC module. Accepted roots
+(``--voc-root``): the folder holding ``VOCdevkit``, ``VOCdevkit`` itself, or ``VOCdevkit/VOC2007``. Box coordinates
+are returned 0-based ``[x1, y1, x2, y2]`` floats in pixel units: VOC XML stores 1-based inclusive integers, so
+``x1 = xmin - 1`` and ``x2 = xmax - 1``.
 
 Problems are ``VOCError`` naming the file. Callers that accept ``--skip-bad`` catch it per item and count it.
 """
@@ -15,6 +17,30 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from pretrain.voc_layout import VOCError, image_path, read_image_set, resolve_year_dir
+
+__all__ = [
+    "IGNORE",
+    "IGNORE_LABEL",
+    "NEGATIVE",
+    "POSITIVE",
+    "SEG_CLASSES",
+    "VOC_CLASSES",
+    "VOCAnnotation",
+    "VOCError",
+    "VOCObject",
+    "classes_in_annotations",
+    "classification_labels",
+    "image_path",
+    "load_annotation",
+    "load_image",
+    "load_segmentation_mask",
+    "parse_annotation",
+    "read_image_set",
+    "resolve_year_dir",
+    "voc_palette",
+]
 
 VOC_CLASSES: tuple[str, ...] = (
     "aeroplane",
@@ -46,10 +72,6 @@ SEG_CLASSES: tuple[str, ...] = ("background", *VOC_CLASSES)
 POSITIVE, NEGATIVE, IGNORE = 1, -1, 0
 
 
-class VOCError(RuntimeError):
-    """A VOC file is missing or malformed; the message names it."""
-
-
 @dataclass(frozen=True)
 class VOCObject:
     name: str
@@ -64,37 +86,6 @@ class VOCAnnotation:
     width: int
     height: int
     objects: tuple[VOCObject, ...] = field(default_factory=tuple)
-
-
-def resolve_year_dir(root: str | Path, year: str) -> Path:
-    """Return the ``VOC<year>`` folder for any accepted form of ``root``."""
-    root = Path(root)
-    if not root.exists():
-        raise VOCError(f"VOC root does not exist: {root}")
-    name = f"VOC{year}"
-    candidates = [root / "VOCdevkit" / name, root / name, root.parent / name]
-    if root.name == name:
-        candidates.insert(0, root)
-    for cand in candidates:
-        if cand.is_dir():
-            return cand
-    tried = ", ".join(str(c) for c in candidates)
-    raise VOCError(f"no {name} folder found for VOC root {root} (looked for {tried})")
-
-
-def read_image_set(year_dir: Path, split: str, kind: str = "Main") -> list[str]:
-    """Image ids listed in ``ImageSets/<kind>/<split>.txt`` (``kind`` is Main or Segmentation)."""
-    path = year_dir / "ImageSets" / kind / f"{split}.txt"
-    if not path.is_file():
-        raise VOCError(f"image set file not found: {path} (is split {split!r} part of {year_dir.name}?)")
-    ids = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
-    if not ids:
-        raise VOCError(f"image set file is empty: {path}")
-    return ids
-
-
-def image_path(year_dir: Path, image_id: str) -> Path:
-    return year_dir / "JPEGImages" / f"{image_id}.jpg"
 
 
 def _text(node: ET.Element, tag: str, path: Path) -> str:

@@ -19,7 +19,7 @@ import dataclasses
 
 from pretrain.checkpoint import CheckpointError
 from pretrain.data import DataError
-from pretrain.inpaint_eval_run import InpaintEvalConfig, run_inpaint_eval
+from transfer.inpaint_eval import InpaintEvalConfig, run_inpaint_eval
 from pretrain.inpainting_eval import BASELINES, InpaintEvalError
 
 HELP = "evaluate inpainting (Table 1: mean L1, mean L2, PSNR) of a trained network or a classical baseline"

@@ -133,7 +133,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--dropout",
         type=float,
         default=S,
-        help="dropout after the channel-wise FC (default 0.5; PAPER.md marks it unverified)",
+        help="dropout after the channel-wise FC (default 0.5; an open choice, see docs/protocols/sources.md)",
     )
     n.add_argument(
         "--decoder-channels",

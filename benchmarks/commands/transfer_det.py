@@ -1,7 +1,7 @@
 """``bench transfer --task det``: Fast R-CNN detection on VOC2007 with the transferred AlexNet encoder.
 
-Trains on VOC2007 ``trainval`` and evaluates on ``test``; the protocol and every choice the paper leaves open are in
-docs/protocols/detection.md.
+Trains on VOC2007 ``trainval`` and evaluates on ``test`` (Pathak et al. 2016, Table 2 "det"); the protocol and
+every choice the paper leaves open are in docs/protocols/detection.md.
 """
 
 from __future__ import annotations

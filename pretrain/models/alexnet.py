@@ -1,8 +1,8 @@
 """The AlexNet trunk (conv1..pool5) shared by the context encoder and every transfer harness.
 
-Layout is torchvision's ``alexnet().features`` (no LRN, no groups; PAPER.md §1 marks LRN/groups as unverified and
-this layout lets exported weights load with ``strict=True`` into torchvision code). With a 227x227 input
-(the paper's size) pool5 is 256x6x6 = 9216 values.
+Layout is torchvision's ``alexnet().features`` (no LRN, no groups: the sources leave LRN and groups open, see
+docs/protocols/sources.md, and this layout lets exported weights load with ``strict=True`` into torchvision code).
+With a 227x227 input (the paper's size) pool5 is 256x6x6 = 9216 values.
 
 ``widths="caffe"`` gives the original Caffe channel counts (96, 256, 384, 384, 256) for users who want them; such a
 trunk does not load into torchvision's AlexNet.

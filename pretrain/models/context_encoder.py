@@ -1,9 +1,9 @@
-"""The AlexNet context encoder used for feature learning (Pathak et al. 2016, §3.1 and PAPER.md §1).
+"""The AlexNet context encoder used for feature learning (Pathak et al. 2016, Sec. 3.1).
 
 Encoder: AlexNet conv1..pool5 (``alexnet_trunk``, torchvision ``alexnet().features`` layout) -> 256x6x6 at 227 px.
 Bottleneck: a channel-wise fully-connected layer ("each of the m=256 feature maps of size 6x6 is fully connected to
-itself only": 256 * 36 * 36 = 331,776 weights plus a bias, nothing between maps), dropout (0.5, marked unverified in
-PAPER.md) and a stride-1 1x1 convolution that mixes the channels.
+itself only": 256 * 36 * 36 = 331,776 weights plus a bias, nothing between maps), dropout (0.5; an open
+choice, docs/protocols/sources.md) and a stride-1 1x1 convolution that mixes the channels.
 Decoder: five up-convolutions, each followed by ReLU in the paper; 4x4 stride-2 ``ConvTranspose2d`` take 6x6 to
 192x192. The last up-convolution outputs the 3 image channels through ``tanh`` instead of ReLU, because the
 images are in [-1, 1] (the official Lua code ends its generator the same way). The 192x192 prediction is aligned

@@ -1,4 +1,6 @@
-"""The 128-px semantic-inpainting context encoder and its 64x64 adversarial discriminator (PAPER.md §2).
+"""The 128-px semantic-inpainting context encoder and its 64x64 adversarial discriminator.
+
+Pathak et al. 2016, Sec. 3.2 (joint loss) and Sec. 5.1 (semantic inpainting).
 
 Both follow the official Lua ``train.lua`` (github pathak22/context-encoder) layer by layer:
 

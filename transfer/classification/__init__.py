@@ -1,6 +1,6 @@
-"""VOC2007 multi-label classification fine-tuning (Krähenbühl et al. 2015 protocol, PAPER.md §6).
+"""VOC2007 multi-label classification fine-tuning (Krähenbühl et al. protocol, Pathak et al. 2016, Sec. 5.2).
 
-The protocol, line by line (sources: PAPER.md §6 and Krähenbühl's ``voc-classification`` code, ``train_cls.py``):
+The protocol, line by line (sources: paper Sec. 5.2 and Krähenbühl's ``voc-classification`` code, ``train_cls.py``):
 
 - data: VOC2007 ``trainval`` for training, ``test`` for evaluation; labels from ``Annotations`` (1 present,
   -1 absent, 0 difficult-only = ignored in the loss and in AP);

@@ -1,4 +1,4 @@
-"""FCN semantic segmentation on PASCAL VOC2012 with a transferred AlexNet encoder (PAPER.md §6, Table 2 "seg").
+"""FCN semantic segmentation on PASCAL VOC2012 with a transferred AlexNet encoder (Pathak et al. 2016, Table 2 "seg").
 
 - ``model``: FCN-32s/16s/8s on the AlexNet trunk, alignment by composed coordinate maps;
 - ``data``: VOC2012 (+ SBD) items, up-front mask checks, the training/evaluation dataset;

@@ -1,8 +1,12 @@
-"""Pretraining methods: one small class per method over ``PretrainMethod`` (solo-learn style), registry ``METHODS``.
+"""The contract every pretraining method follows: ``PretrainMethod`` (solo-learn style), its options and errors.
 
 The training loop (``pretrain/engine.py``) knows nothing about any method; it only uses the contract below, so a
 method that owns several networks and optimizers (the adversarial inpainting net: generator + discriminator, two
 Adam optimizers with different learning rates) fits the same loop as the single-network context encoder.
+
+A method is a ``PretrainMethod`` subclass in its own module of this package, listed in ``METHODS`` by
+``pretrain/methods/__init__.py``; code outside the package adds one with ``register_method``. docs/architecture.md
+shows where the contract sits in the data flow.
 
 Contract of a method (``PretrainMethod`` subclass):
 
@@ -43,10 +47,7 @@ from torch import nn
 
 from pretrain.config import PretrainConfig
 from pretrain.distributed import all_reduce_sum
-from pretrain.losses import masked_l2_loss
-from pretrain.masks import PAPER_FILL, apply_mask, build_mask
-from pretrain.models.alexnet import alexnet_trunk, gaussian_init_
-from pretrain.models.context_encoder import ContextEncoder
+from pretrain.masks import build_mask
 
 
 class NonFiniteLossError(RuntimeError):
@@ -106,7 +107,8 @@ class PretrainMethod:
         return module
 
     def adam(self, params: Iterator[nn.Parameter], lr: float) -> torch.optim.Adam:
-        """Adam with the run's betas and weight decay (PAPER.md §2: beta1 0.5 in the official code). The fused
+        """Adam with the run's betas and weight decay (beta1 0.5 in the official Lua ``train.lua``;
+        docs/protocols/pretraining.md). The fused
         implementation (one kernel for all parameters, CPU and CUDA) computes the same update as the per-parameter
         loop and is several times faster on CPU."""
         return torch.optim.Adam(
@@ -199,165 +201,3 @@ class PretrainMethod:
             net.load_state_dict({k[len(prefix) :]: v for k, v in model.items() if k.startswith(prefix)}, strict=True)
         for name, opt in self.optimizers.items():
             opt.load_state_dict(state["optimizer"][name])
-
-
-METHODS: dict[str, type[PretrainMethod]] = {}
-
-
-def register_method(cls: type[PretrainMethod]) -> type[PretrainMethod]:
-    """Class decorator adding a method to ``METHODS`` under ``cls.name`` (the ``--method`` value)."""
-    if not cls.name or cls.name in METHODS:
-        raise ValueError(f"method name {cls.name!r} is empty or already registered")
-    METHODS[cls.name] = cls
-    return cls
-
-
-def _centre_crop(x: torch.Tensor, size: int) -> torch.Tensor:
-    top = (x.shape[-2] - size) // 2
-    left = (x.shape[-1] - size) // 2
-    return x[..., top : top + size, left : left + size]
-
-
-def build_context_encoder(config: PretrainConfig) -> ContextEncoder:
-    model = ContextEncoder(
-        widths=config.widths,  # type: ignore[arg-type]
-        dropout=config.dropout,
-        decoder_channels=config.decoder_channels,
-        output_align=config.output_align,
-        input_size=config.crop_size,
-    )
-    if config.init == "gaussian":
-        gaussian_init_(model, std=0.01, bias=0.0, generator=torch.Generator().manual_seed(config.seed))
-    elif config.init != "default":
-        raise ValueError(f"init must be 'default' or 'gaussian', got {config.init!r}")
-    return model
-
-
-class _ReconstructionMethod(PretrainMethod):
-    """Shared body of the context encoder and the autoencoder: one ``ContextEncoder`` named ``model`` trained
-    with Adam (``config.lr``, betas ``(beta1, beta2)``) on a masked L2 loss."""
-
-    masked_input: ClassVar[bool] = True
-
-    def __init__(self, config: PretrainConfig, device: torch.device) -> None:
-        super().__init__(config, device)
-        torch.manual_seed(config.seed)  # the network's initialisation depends on the seed only
-        self.add_network("model", build_context_encoder(config))
-        self.optimizers["model"] = self.adam(self.networks["model"].parameters(), config.lr)
-        if self.masked_input:
-            self.mask_generator = self.build_mask_generator()
-
-    def _dropped_mask(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """The pixels the network must fill in: a sampled mask, or (autoencoder) every pixel."""
-        if self.masked_input:
-            return self.sample_mask(images, generator)
-        return torch.ones(images.shape[0], 1, *images.shape[2:], dtype=torch.bool, device=images.device)
-
-    def _forward(
-        self, images: torch.Tensor, generator: torch.Generator, mask: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(network input, prediction, target, dropped mask) with prediction/target/mask at the same size."""
-        if mask is None:
-            mask = self._dropped_mask(images, generator)
-        # autoencoder: nothing is dropped from the input, every pixel is a target
-        inputs = apply_mask(images, mask, fill=PAPER_FILL) if self.masked_input else images
-        with self.autocast():
-            pred = self.networks["model"](self.to_layout(inputs))
-        pred = pred.float()
-        target = images
-        if pred.shape[-1] != images.shape[-1]:  # output_align="none": compare with the centre crop
-            target, mask = _centre_crop(images, pred.shape[-1]), _centre_crop(mask, pred.shape[-1])
-        return inputs, pred, target, mask
-
-    def encoder_state_dict(self) -> dict[str, torch.Tensor]:
-        bare = self.unwrapped("model")
-        assert isinstance(bare, ContextEncoder)
-        return {
-            k: v.detach().clone(memory_format=torch.contiguous_format) for k, v in bare.encoder.state_dict().items()
-        }
-
-    @torch.no_grad()
-    def sample_grid(
-        self, images: torch.Tensor, generator: torch.Generator
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(masked input, raw prediction, original, dropped mask), all at the input size."""
-        mask = self._dropped_mask(images, generator)
-        inputs, pred, _, _ = self._forward(images, generator, mask)
-        if pred.shape[-1] != images.shape[-1]:
-            pred = torch.nn.functional.interpolate(pred, size=images.shape[-2:], mode="bilinear", align_corners=False)
-        return inputs, pred.clamp(-1, 1), images, mask
-
-
-@register_method
-class ContextEncoderMethod(_ReconstructionMethod):
-    """``context-encoder``: drop a region (``--mask``), fill it with the paper's mean colour, predict the image and
-    take the L2 loss on the dropped pixels only (PAPER.md §4, L_rec normalised by the dropped count). Reads the
-    config keys ``mask``, ``mask_per_batch``, ``voc_root``, ``lr``, ``beta1``, ``beta2``, ``weight_decay``,
-    ``dropout``, ``decoder_channels``, ``output_align``, ``widths``, ``init``, ``precision``."""
-
-    name = "context-encoder"
-    summary = "AlexNet context encoder, masked L2 on the dropped region (the paper's feature learner)"
-
-    def training_step(self, images: torch.Tensor, generator: torch.Generator) -> dict[str, float]:
-        _, pred, target, mask = self._forward(images, generator)
-        loss = masked_l2_loss(pred, target, mask)
-        self.step(loss, "model")
-        return {"loss": float(loss.detach()), "masked_fraction": float(mask.float().mean())}
-
-
-@register_method
-class AutoencoderMethod(_ReconstructionMethod):
-    """``autoencoder``: the same network reconstructing its whole, unmasked input (the paper's baseline row);
-    L2 over every pixel. Reads the same keys as ``context-encoder`` except the mask options (it draws no mask; the
-    sample grid's first column shows the unmasked input)."""
-
-    name = "autoencoder"
-    summary = "same network, unmasked input, whole-image L2 (the paper's autoencoder baseline)"
-    masked_input = False
-
-    def training_step(self, images: torch.Tensor, generator: torch.Generator) -> dict[str, float]:
-        with self.autocast():
-            pred = self.networks["model"](self.to_layout(images))
-        pred = pred.float()
-        target = images if pred.shape[-1] == images.shape[-1] else _centre_crop(images, pred.shape[-1])
-        loss = masked_l2_loss(pred, target, None)
-        self.step(loss, "model")
-        return {"loss": float(loss.detach())}
-
-
-@register_method
-class RandomInitMethod(PretrainMethod):
-    """``random``: no training. Writes the Gaussian-initialised AlexNet trunk (N(0, 0.01) weights, zero bias: the
-    paper's "Random Gaussian" row, Caffe's AlexNet filler) drawn from ``config.seed``, identical to
-    ``transfer.weights.load_alexnet_trunk("random", seed=seed)``, so the baseline flows through the same export
-    and transfer path as trained encoders."""
-
-    name = "random"
-    summary = "no training: Gaussian N(0, 0.01) AlexNet encoder (the paper's random-initialisation row)"
-    trains = False
-
-    def __init__(self, config: PretrainConfig, device: torch.device) -> None:
-        super().__init__(config, device)
-        trunk = gaussian_init_(
-            alexnet_trunk(config.widths),  # type: ignore[arg-type]
-            std=0.01,
-            bias=0.0,
-            generator=torch.Generator().manual_seed(config.seed),
-        )
-        self.add_network("encoder", trunk)
-
-    def training_step(self, images: torch.Tensor, generator: torch.Generator) -> dict[str, float]:
-        raise RuntimeError("the random method does not train")
-
-    def sample_grid(self, images: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
-        raise RuntimeError("the random method has no prediction to show")
-
-    def encoder_state_dict(self) -> dict[str, torch.Tensor]:
-        return {
-            k: v.detach().clone(memory_format=torch.contiguous_format)
-            for k, v in self.unwrapped("encoder").state_dict().items()
-        }
-
-
-# methods defined in their own modules register themselves on import
-import pretrain.inpainting  # noqa: E402, F401  (the 128-px inpainting network, --method inpainting)

@@ -1,5 +1,6 @@
 """One ``bench inpaint-eval`` run from its settings: the Table 1 protocol (``pretrain.inpainting_eval``) applied to a
-trained inpainting network or a classical baseline, written as a run record and a per-image CSV."""
+trained inpainting network or a classical baseline, written as a run record and a per-image CSV (it lives in
+``transfer`` because run records are a transfer-side format: pretraining sits below transfer)."""
 
 from __future__ import annotations
 
