@@ -19,8 +19,8 @@ import dataclasses
 
 from pretrain.checkpoint import CheckpointError
 from pretrain.data import DataError
-from transfer.inpaint_eval import InpaintEvalConfig, run_inpaint_eval
 from pretrain.inpainting_eval import BASELINES, InpaintEvalError
+from transfer.inpaint_eval import InpaintEvalConfig, run_inpaint_eval
 
 HELP = "evaluate inpainting (Table 1: mean L1, mean L2, PSNR) of a trained network or a classical baseline"
 DESCRIPTION = __doc__
