@@ -76,6 +76,13 @@ def add_arguments(group: Any) -> None:
         "the run only evaluates it",
     )
     group.add_argument(
+        "--engine",
+        default="native",
+        choices=["native", "mmseg"],
+        help="native: the suite's FCN; mmseg: the same protocol through mmsegmentation (needs the mmseg extra, "
+        "FCN-32s only, one process; docs/protocols/segmentation.md)",
+    )
+    group.add_argument(
         "--save-fcn", action="store_true", help="write the trained FCN as OUT/fcn.safetensors (about 230 MB at 4096)"
     )
 
@@ -142,9 +149,12 @@ def run(args: argparse.Namespace) -> int:
         preset=args.preset,
         extra_config={"preset_applied": applied, "device": args.device},
     )
+    runner = run_segmentation
+    if args.engine == "mmseg":
+        from transfer.segmentation.mmseg_engine import run_mmseg_segmentation as runner
     ctx = init_distributed(args.device)
     try:
-        record = run_segmentation(cfg, ctx)
+        record = runner(cfg, ctx)
     except (VOCError, WeightsError, SegmentationError, ValueError) as exc:
         raise SystemExit(f"error: {exc}") from exc
     finally:
