@@ -283,6 +283,7 @@ def train_mmseg(
                 bar.set_postfix(loss=f"{loss:.4f}")
             if it % 20 == 0 or it == cfg.iterations:
                 log.write(json.dumps({"iteration": it, "loss": loss, "loss_avg": sum(recent) / len(recent)}) + "\n")
+                log.flush()
     if bar is not None:
         bar.close()
     elapsed = time.perf_counter() - start
