@@ -31,7 +31,7 @@ needs_mmseg = pytest.mark.skipif(
     not HAVE_MMSEG, reason="mmsegmentation, mmcv and mmengine are not installed (README: the mmseg engine)"
 )
 CPU = torch.device("cpu")
-#: |native - mmseg| mIoU at the cpu preset on the demo tree (docs/protocols/segmentation.md, measured difference)
+#: |native - mmseg| val mIoU allowed at the cpu preset on the demo tree (docs/protocols/segmentation.md says why)
 AGREEMENT_TOLERANCE = 3.0
 
 BLOCKER = """
