@@ -34,6 +34,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="output file (default: RUN_DIR/encoder.safetensors, or RUN_DIR/generator.safetensors for inpainting runs)",
     )
     parser.add_argument(
+        "--format",
+        choices=["safetensors", "mmseg"],
+        default="safetensors",
+        help="mmseg: an mmsegmentation config + checkpoint of FCN-32s on the AlexNet trunk, from a segmentation run "
+        "with fcn.safetensors or a pretraining run (into RUN_DIR/mmseg/ or --output; docs/protocols/segmentation.md)",
+    )
+    parser.add_argument(
         "--layout",
         choices=["conv", "linear"],
         default="conv",
@@ -49,6 +56,15 @@ def run(args: argparse.Namespace) -> int:
     from pretrain.checkpoint import CheckpointError
     from pretrain.export import export_run
 
+    if args.format == "mmseg":
+        from transfer.segmentation.mmseg_export import MmsegExportError, export_mmseg
+
+        try:
+            print(json.dumps(export_mmseg(args.run_dir, out=args.output), indent=2, sort_keys=True))
+        except MmsegExportError as exc:
+            print(f"bench export: error: {exc}", file=sys.stderr)
+            return 1
+        return 0
     config_path = Path(args.run_dir) / "config.json"
     method = json.loads(config_path.read_text()).get("method") if config_path.is_file() else None
     try:

@@ -130,6 +130,12 @@ class SegmentationConfig:
         "write each evaluation prediction as a VOC palette PNG into OUT/predictions/", default=False
     )
     save_model: bool = knob("write the trained FCN as OUT/fcn.safetensors (about 230 MB at 4096)", default=False)
+    engine: str = knob(
+        "native: the suite's FCN; mmseg: the same protocol through mmsegmentation (needs the mmseg extra, FCN-32s "
+        "only, one process; docs/protocols/segmentation.md)",
+        default="native",
+        choices=("native", "mmseg"),
+    )
     progress: bool = True  # progress bars (off in library use)
 
     def protocol_id(self) -> str:

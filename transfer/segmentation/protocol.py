@@ -4,7 +4,7 @@ FCN (Long et al. 2015) on the transferred AlexNet (FCN-32s is the usual choice; 
 VOC2012 train (optionally + SBD) -> val, mean IoU over 21 classes, label 255 ignored. ``SegmentationConfig``
 (transfer/segmentation/config.py) holds every setting with its source; docs/protocols/segmentation.md lists the
 choices where the papers are silent. ``run_segmentation`` works the same in one process and under torchrun; every
-rank returns the record and rank 0 writes it.
+rank returns the record and rank 0 writes it. ``--engine mmseg`` hands the run to ``mmseg_engine`` (one process).
 """
 
 from __future__ import annotations
@@ -65,7 +65,13 @@ def _save_fcn_weights(model: torch.nn.Module, path: Path) -> Path:
 
 def run_segmentation(cfg: SegmentationConfig, run: TransferRun, ctx: DistributedContext) -> dict[str, Any]:
     """Train (``cfg.iterations`` > 0) and evaluate (every rank of a torchrun launch calls it); rank 0 writes the
-    record into ``run.out`` and every rank returns it."""
+    record into ``run.out`` and every rank returns it. ``cfg.engine == "mmseg"`` runs the same protocol through
+    mmsegmentation (``transfer.segmentation.mmseg_engine``)."""
+    if cfg.engine == "mmseg":
+        # imported here: the engine builds on this module (its record and errors), and mmseg is optional
+        from transfer.segmentation.mmseg_engine import run_mmseg_segmentation
+
+        return run_mmseg_segmentation(cfg, run, ctx)
     started_at, t0 = utc_now_iso(), time.perf_counter()
     if cfg.iterations < 0:
         raise SegmentationError(f"--iterations must be >= 0, got {cfg.iterations}")
