@@ -118,6 +118,13 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
         "levels of MATLAB's 0:0.1:1, stable sort), which produced Fast R-CNN's published numbers; py-faster-rcnn = "
         "its Python voc_eval (IoU > 0.5, np.arange levels, numpy's default sort). The other one is stored too",
     )
+    group.add_argument(
+        "--engine",
+        default="torchvision",
+        choices=["torchvision", "detectron2"],
+        help="implementation of the protocol: torchvision (this suite's) or detectron2 (needs detectron2 installed; "
+        "docs/protocols/detection.md)",
+    )
 
 
 def _proposal_source(args: argparse.Namespace, year_dir: Path, splits: list[str]) -> tuple[Any, dict[str, Any]]:
@@ -250,6 +257,9 @@ def _run(args: argparse.Namespace, ctx: Any) -> int:
     out.mkdir(parents=True, exist_ok=True)
     device = ctx.device
     torch.manual_seed(args.seed)
+    from benchmarks.commands.transfer_det_detectron2 import check_engine, run_engine
+
+    check_engine(args.engine, ctx.distributed, args.resume)
 
     try:  # the weights first: a wrong path fails before the long proposal pass
         trunk, weights_info = load_alexnet_trunk(args.weights, seed=args.seed)
@@ -287,6 +297,12 @@ def _run(args: argparse.Namespace, ctx: Any) -> int:
     if not eval_images:
         raise SystemExit(f"error: no usable image in VOC2007 {args.eval_split}")
 
+    if args.engine == "detectron2":
+        return run_engine(
+            args, device=device, trunk=trunk, weights_info=weights_info, year_dir=year_dir, train_images=train_images,
+            usable=usable, eval_images=eval_images, train_report=train_report, eval_report=eval_report,
+            proposal_info=proposal_info, started=started, t0=t0,
+        )  # fmt: skip
     model = FastRCNN(trunk, hidden=args.det_fc_dim, seed=args.seed)
     rescale_info = None
     if args.rescale:  # Krähenbühl's magic_init: within-layer init of fc6/fc7, between-layer correction conv1..fc7
