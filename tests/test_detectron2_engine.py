@@ -82,6 +82,23 @@ def test_engine_without_detectron2_is_a_one_line_error(voc_root: Path, tmp_path:
     assert not (tmp_path / "proposals").exists()  # stopped before the proposal pass
 
 
+def test_export_without_detectron2_is_a_one_line_error(tmp_path: Path, subprocess_env: dict) -> None:
+    from pretrain.models.alexnet import alexnet_trunk
+
+    torch.save(alexnet_trunk().state_dict(), tmp_path / "trunk.pt")
+    script = BLOCK_DETECTRON2 + textwrap.dedent(
+        f"""
+        from benchmarks.cli import main
+        sys.exit(main(["export", {str(tmp_path / "trunk.pt")!r}, "--format", "detectron2"]))
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], env=subprocess_env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and "INSTALL.md" in proc.stderr
+
+
 # --------------------------------------------------------------------------------------------- with detectron2
 @needs_detectron2
 def test_detectron2_model_starts_as_the_torchvision_engine_model(det_data: dict) -> None:
@@ -167,6 +184,28 @@ def test_smoke_detectron2_run_writes_a_valid_record(det_data: dict, tmp_path: Pa
     # the trained model loads into a model built from the written config, every key
     model, saved = _load_with_checkpointer(out / "detectron2" / "config.yaml")
     assert _assert_loaded(model, saved) == []
+
+
+@needs_detectron2
+def test_export_loads_strictly_into_a_model_built_from_the_written_config(tmp_path: Path) -> None:
+    from benchmarks.cli import main
+    from pretrain.models.alexnet import alexnet_trunk, gaussian_init_
+
+    trunk = gaussian_init_(alexnet_trunk(), std=0.02, bias=0.1, generator=torch.Generator().manual_seed(1))
+    torch.save(trunk.state_dict(), tmp_path / "trunk.pt")
+    assert main(["export", str(tmp_path / "trunk.pt"), "--format", "detectron2", "--output", str(tmp_path / "d2")]) == 0
+    config = tmp_path / "d2" / "fast_rcnn_alexnet.yaml"
+    model, backbone = _load_with_checkpointer(config)
+    # every checkpoint key is a backbone key of the model; only the re-initialised head is left to train
+    missing = _assert_loaded(model, backbone)
+    assert missing and all(k.startswith("roi_heads.") for k in missing)
+    model.backbone.load_state_dict({k.removeprefix("backbone."): v for k, v in backbone.items()}, strict=True)
+    for name, index in (("conv1", 0), ("conv3", 6), ("conv5", 10)):
+        torch.testing.assert_close(getattr(model.backbone, name).weight, trunk[index].weight)
+    text = config.read_text()
+    assert "build_alexnet_backbone" in text and "ROIPool" in text and "PrecomputedProposals" in text
+    assert model.roi_heads.box_head.fc6.out_features == 4096  # the paper preset's width
+    assert model.roi_heads.box_pooler.level_poolers[0].output_size == (6, 6)
 
 
 @needs_detectron2
