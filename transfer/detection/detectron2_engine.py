@@ -298,11 +298,11 @@ def voc_evaluator_result(
     found: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
     year_dir: Path,
     split: str,
-) -> dict[str, float]:
+) -> dict[str, float | None]:
     """detectron2's ``PascalVOCDetectionEvaluator`` on the given detections of ``year_dir``'s ``split`` (its own
-    reading of the XML files and ``ImageSets/Main/<split>.txt``): ``{"AP50", "AP75", "AP"}`` in percent, ``AP50``
-    being VOC2007's 11-point AP at IoU > 0.5. Boxes are converted to detectron2's convention (``x2 + 1``), which its
-    evaluator undoes when it writes the 1-based inclusive results files."""
+    reading of the XML files and ``ImageSets/Main/<split>.txt``): ``{"AP50", "AP75", "AP"}`` in percent (``None``
+    where not finite), ``AP50`` being VOC2007's 11-point AP at IoU > 0.5. Boxes are converted to detectron2's
+    convention (``x2 + 1``), which its evaluator undoes when it writes the 1-based inclusive results files."""
     require_detectron2()
     from detectron2.data import MetadataCatalog
     from detectron2.evaluation import PascalVOCDetectionEvaluator
@@ -323,7 +323,7 @@ def voc_evaluator_result(
         evaluator.process([{"image_id": im.image_id}], [{"instances": inst}])
     with np.errstate(divide="ignore", invalid="ignore"):  # its voc_eval divides by zero for classes without gt
         result = evaluator.evaluate()
-    return {k: float(v) for k, v in result["bbox"].items()}
+    return {k: finite_or_none(float(v)) for k, v in result["bbox"].items()}
 
 
 def run_detectron2(
