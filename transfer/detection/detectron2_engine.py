@@ -42,7 +42,7 @@ from torch import nn
 from transfer.detection.boxes import clip_boxes, flip_boxes
 from transfer.detection.data import DetectionImage, TrainBatchSampler, image_scale
 from transfer.detection.evaluate import score_detections
-from transfer.voc import VOC_CLASSES
+from transfer.voc import VOC_CLASSES, VOCError
 
 INSTALL_HINT = (
     "install detectron2 from its repository as its INSTALL.md says "
@@ -173,8 +173,11 @@ def build_detectron2_model(
 def _pixels(path: Path, scale: int, max_size: int, fmt: str, flip: bool) -> tuple[torch.Tensor, float, int, int]:
     """``(image [3, h, w] float 0..255 in ``fmt`` channel order, factor, W, H)``: the file resized as the
     torchvision engine's ``load_scaled_image`` does, before normalisation (detectron2 normalises inside the model)."""
-    with Image.open(path) as im:
-        rgb = im.convert("RGB")
+    try:
+        with Image.open(path) as im:
+            rgb = im.convert("RGB")
+    except OSError as exc:  # as the torchvision engine's loader: the file is named, no traceback
+        raise VOCError(f"{path}: unreadable image ({exc})") from exc
     if flip:
         rgb = rgb.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     factor = image_scale(rgb.width, rgb.height, scale, max_size)
