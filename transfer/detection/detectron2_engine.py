@@ -117,6 +117,15 @@ OPTION_NAMES: dict[str, str] = {
     "det_score_threshold": "score_threshold",
     "det_max_per_image": "max_per_image",
     "workers": "workers",
+    # the same knobs under the names of the detection protocol's config (DetectionConfig.to_dict())
+    "scale": "scale",
+    "max_size": "max_size",
+    "fc_width": "fc_dim",
+    "freeze_through": "freeze_through",
+    "lr_step": "lr_step",
+    "nms": "nms_threshold",
+    "score_threshold": "score_threshold",
+    "max_per_image": "max_per_image",
 }
 
 
