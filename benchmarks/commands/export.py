@@ -39,6 +39,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="conv",
         help="inpainting runs only: bottleneck as the Lua code's 4x4 convolutions (conv) or as trained (linear)",
     )
+    parser.add_argument(
+        "--format",
+        choices=["safetensors", "detectron2"],
+        default="safetensors",
+        help="safetensors: the encoder as above; detectron2: RUN_DIR's trunk (or any --weights source) as a "
+        "detectron2 checkpoint plus a Fast R-CNN config that builds the model for it, in --output (default "
+        "RUN_DIR/detectron2; needs detectron2, docs/protocols/detection.md)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -49,6 +57,8 @@ def run(args: argparse.Namespace) -> int:
     from pretrain.checkpoint import CheckpointError
     from pretrain.export import export_run
 
+    if args.format == "detectron2":  # transfer/detection/detectron2_export.py
+        return _export_detectron2(args)
     config_path = Path(args.run_dir) / "config.json"
     method = json.loads(config_path.read_text()).get("method") if config_path.is_file() else None
     try:
@@ -65,4 +75,22 @@ def run(args: argparse.Namespace) -> int:
     with safe_open(str(path), framework="pt") as fh:
         meta = dict(fh.metadata() or {})
     print(json.dumps({"export": str(path), **meta}, indent=2, sort_keys=True))
+    return 0
+
+
+def _export_detectron2(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from transfer.detection.detectron2_engine import Detectron2Unavailable
+    from transfer.detection.detectron2_export import export_detectron2
+    from transfer.weights import WeightsError
+
+    source = Path(args.run_dir)
+    folder = args.output or (source / "detectron2" if source.is_dir() else source.parent / "detectron2")
+    try:
+        written = export_detectron2(args.checkpoint or args.run_dir, folder)
+    except (Detectron2Unavailable, WeightsError, ValueError) as exc:
+        print(f"bench export: error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps({"export": written["checkpoint"], **written}, indent=2, sort_keys=True))
     return 0
