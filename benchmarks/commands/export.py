@@ -34,17 +34,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="output file (default: RUN_DIR/encoder.safetensors, or RUN_DIR/generator.safetensors for inpainting runs)",
     )
     parser.add_argument(
-        "--format",
-        choices=["safetensors", "mmseg"],
-        default="safetensors",
-        help="mmseg: an mmsegmentation config + checkpoint of FCN-32s on the AlexNet trunk, from a segmentation run "
-        "with fcn.safetensors or a pretraining run (into RUN_DIR/mmseg/ or --output; docs/protocols/segmentation.md)",
-    )
-    parser.add_argument(
         "--layout",
         choices=["conv", "linear"],
         default="conv",
         help="inpainting runs only: bottleneck as the Lua code's 4x4 convolutions (conv) or as trained (linear)",
+    )
+    parser.add_argument(
+        "--format",
+        choices=["safetensors", "detectron2", "mmseg"],
+        default="safetensors",
+        help="safetensors: the encoder as above; detectron2: RUN_DIR's trunk (or any --weights source) as a "
+        "detectron2 checkpoint plus a Fast R-CNN config that builds the model for it, in --output (default "
+        "RUN_DIR/detectron2; needs detectron2, docs/protocols/detection.md); mmseg: an mmsegmentation config + "
+        "checkpoint of FCN-32s on the AlexNet trunk, from a segmentation run with fcn.safetensors or a pretraining "
+        "run (into RUN_DIR/mmseg/ or --output; docs/protocols/segmentation.md)",
     )
 
 
@@ -56,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
     from pretrain.checkpoint import CheckpointError
     from pretrain.export import export_run
 
+    if args.format == "detectron2":  # transfer/detection/detectron2_export.py
+        return _export_detectron2(args)
     if args.format == "mmseg":
         from transfer.segmentation.mmseg_export import MmsegExportError, export_mmseg
 
@@ -81,4 +86,22 @@ def run(args: argparse.Namespace) -> int:
     with safe_open(str(path), framework="pt") as fh:
         meta = dict(fh.metadata() or {})
     print(json.dumps({"export": str(path), **meta}, indent=2, sort_keys=True))
+    return 0
+
+
+def _export_detectron2(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from transfer.detection.detectron2_engine import Detectron2Unavailable
+    from transfer.detection.detectron2_export import export_detectron2
+    from transfer.weights import WeightsError
+
+    source = Path(args.run_dir)
+    folder = args.output or (source / "detectron2" if source.is_dir() else source.parent / "detectron2")
+    try:
+        written = export_detectron2(args.checkpoint or args.run_dir, folder)
+    except (Detectron2Unavailable, WeightsError, ValueError) as exc:
+        print(f"bench export: error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps({"export": written["checkpoint"], **written}, indent=2, sort_keys=True))
     return 0

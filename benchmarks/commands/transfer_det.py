@@ -24,3 +24,6 @@ def print_results(record: dict[str, Any]) -> None:
     for cls, value in ap07.items():
         print(f"{cls:<{width}}  {value:8.1f}  {ap_auc[cls]:6.1f}")
     print(f"{'mAP':<{width}}  {metrics['mAP']:8.1f}  {metrics['mAP_auc']:6.1f}")
+    evaluator = record["extra"].get("detectron2_evaluator") or {}
+    if evaluator.get("AP50") is not None:  # --engine detectron2: its own evaluator on the same detections
+        print(f"detectron2 PascalVOCDetectionEvaluator AP50 {evaluator['AP50']:.1f}")

@@ -70,6 +70,9 @@ _PAPER = PRESETS["paper"]
 _SOLVER = "Fast R-CNN CaffeNet solver.prototxt"
 _CONFIG = "Fast R-CNN lib/fast_rcnn/config.py"
 
+#: implementations of the protocol (--engine): this suite's, and detectron2's (transfer/detection/detectron2_engine.py)
+ENGINES = ("torchvision", "detectron2")
+
 #: settings that may change between an interrupted run and its --resume (they do not change the trained weights)
 RESUME_MUTABLE = frozenset(
     {"resume", "checkpoint_every", "iterations", "workers", "proposal_workers", "write_voc_results", "save_model"}
@@ -161,6 +164,12 @@ class DetectionConfig:
         choices=("devkit", "py-faster-rcnn"),
     )
     # run
+    engine: str = knob(
+        "implementation of the protocol: torchvision (this suite's) or detectron2 (needs detectron2 installed; one "
+        "process, no --resume; docs/protocols/detection.md)",
+        default="torchvision",
+        choices=ENGINES,
+    )
     write_voc_results: bool = knob(
         "also write the detections as VOC results files OUT/results/comp4_det_<split>_<class>.txt", default=False
     )

@@ -37,6 +37,7 @@ from transfer.detection.data import (
     has_training_rois,
     load_detection_split,
 )
+from transfer.detection.detectron2_engine import check_engine, run_detectron2, settings_from_options
 from transfer.detection.evaluate import EvalConfig, detect_image, score_detections, write_voc_results
 from transfer.detection.model import FastRCNN, freeze_trunk, rescale_fast_rcnn
 from transfer.detection.proposals import ProposalCache, compute_proposals, import_rcnn_mat
@@ -149,6 +150,7 @@ def run_detection(cfg: DetectionConfig, run: TransferRun, ctx: DistributedContex
     started, t0 = utc_now_iso(), time.time()
     log = print if ctx.is_main else _quiet
     _check_splits(cfg)
+    check_engine(cfg.engine, ctx.distributed, cfg.resume)  # before the weights and proposals: a refusal costs nothing
     out = Path(run.out)
     out.mkdir(parents=True, exist_ok=True)
     device = ctx.device
@@ -185,6 +187,84 @@ def run_detection(cfg: DetectionConfig, run: TransferRun, ctx: DistributedContex
     if not eval_images:
         raise ProtocolError(f"no usable image in VOC2007 {cfg.eval_split}")
 
+    config = cfg.to_dict() | run.to_dict() | {"device": str(device), "world_size": ctx.world_size}
+    if cfg.engine == "detectron2":
+        saved = out if cfg.save_model else None
+        outcome = run_detectron2(usable, eval_images, trunk, settings_from_options(cfg.to_dict()), run.seed, device,
+                                 saved, voc_eval=(year_dir, cfg.eval_split), progress=ctx.is_main)  # fmt: skip
+        engine_extra = {
+            "engine": outcome["engine"],
+            "detectron2_evaluator": outcome["evaluator"],
+            "detectron2_config": str(out / "detectron2" / "config.yaml") if saved is not None else None,
+        }
+        ap_note = (
+            "; detectron2_evaluator: detectron2's PascalVOCDetectionEvaluator on the same detections (AP50 is its "
+            "VOC2007 11-point AP at IoU > 0.5, AP the mean over IoU 0.50:0.95)"
+        )
+    else:
+        outcome = _torchvision_engine(cfg, run, ctx, trunk, usable, eval_images, sampler, checkpoints, resume, config)
+        engine_extra, ap_note = {}, ""
+    result, detections = outcome["result"], outcome["detections"]
+    if ctx.is_main and cfg.write_voc_results:
+        write_voc_results(detections, out / "results", cfg.eval_split)
+
+    metrics, per_class = _metrics(result, cfg.ap)
+    skipped = [*train_report.skipped, *eval_report.skipped]
+    record = make_record(
+        task="det",
+        protocol_id=PROTOCOL_ID,
+        protocol_version=PROTOCOL_VERSION,
+        protocol_description=PROTOCOL_DESCRIPTION,
+        dataset="VOC2007",
+        train_split=cfg.train_split,
+        eval_split=cfg.eval_split,
+        metrics=metrics,
+        primary_metric="mAP",
+        per_class=per_class,
+        weights=weights_info.to_dict(),
+        seed=run.seed,
+        config=config,
+        started_at=started,
+        wall_time_s=time.time() - t0,
+        skipped_items=skipped,
+        device=device,
+        extra={
+            **engine_extra,
+            "train_data": {**train_report.to_dict(), "without_training_rois": len(train_images) - len(usable)},
+            "eval_data": eval_report.to_dict(),
+            "proposals": {k: v for k, v in proposal_info.items() if k != "failed"}
+            | {"failed": len(proposal_info["failed"])},
+            "train": outcome["train"],
+            "detections": result["detections"],
+            "classes_without_gt": result["classes_without_gt"],
+            "frozen_layers": outcome["frozen_layers"],
+            "rescale": outcome["rescale"],
+            "ap_definition": f"VOC2007 11-point interpolated AP as {cfg.ap} (AP); the other convention "
+            f"(AP_devkit or AP_py_faster_rcnn); VOC2010+ area under the curve as the devkit (AP_auc){ap_note}",
+        },
+    )
+    if ctx.is_main:
+        path = write_record(record, out)
+        checkpoints.finish()
+        log(f"record: {path}")
+    return record
+
+
+def _torchvision_engine(
+    cfg: DetectionConfig,
+    run: TransferRun,
+    ctx: DistributedContext,
+    trunk: torch.nn.Sequential,
+    usable: list[DetectionImage],
+    eval_images: list[DetectionImage],
+    sampler: RoISampler,
+    checkpoints: TrainingCheckpoint,
+    resume: dict[str, Any] | None,
+    config: dict[str, Any],
+) -> dict[str, Any]:
+    """This suite's implementation: train (resumable, DDP under torchrun) on ``usable``, save the model, detect on
+    ``eval_images``; returns what the record needs, with the keys of :func:`run_detectron2`'s result."""
+    device, out = ctx.device, Path(run.out)
     model = FastRCNN(trunk, hidden=cfg.fc_width, seed=run.seed)
     rescale_info = None
     if cfg.rescale:  # Krähenbühl's magic_init: within-layer init of fc6/fc7, between-layer correction conv1..fc7
@@ -229,7 +309,6 @@ def run_detection(cfg: DetectionConfig, run: TransferRun, ctx: DistributedContex
         train_summary = train(
             net, loader, optimizer, cfg, device, progress=ctx.is_main, start=start, after_step=after_step
         )
-    config = cfg.to_dict() | run.to_dict() | {"device": str(device), "world_size": ctx.world_size}
     if cfg.save_model and ctx.is_main:
         atomic_torch_save({"model": model.state_dict(), "config": config}, out / "fast_rcnn.pt")
 
@@ -243,45 +322,10 @@ def run_detection(cfg: DetectionConfig, run: TransferRun, ctx: DistributedContex
         precision=cfg.precision,
     )
     result, detections = _detect_sharded(model, eval_images, list(VOC_CLASSES), test_cfg, ctx)
-    if ctx.is_main and cfg.write_voc_results:
-        write_voc_results(detections, out / "results", cfg.eval_split)
-
-    metrics, per_class = _metrics(result, cfg.ap)
-    skipped = [*train_report.skipped, *eval_report.skipped]
-    record = make_record(
-        task="det",
-        protocol_id=PROTOCOL_ID,
-        protocol_version=PROTOCOL_VERSION,
-        protocol_description=PROTOCOL_DESCRIPTION,
-        dataset="VOC2007",
-        train_split=cfg.train_split,
-        eval_split=cfg.eval_split,
-        metrics=metrics,
-        primary_metric="mAP",
-        per_class=per_class,
-        weights=weights_info.to_dict(),
-        seed=run.seed,
-        config=config,
-        started_at=started,
-        wall_time_s=time.time() - t0,
-        skipped_items=skipped,
-        device=device,
-        extra={
-            "train_data": {**train_report.to_dict(), "without_training_rois": len(train_images) - len(usable)},
-            "eval_data": eval_report.to_dict(),
-            "proposals": {k: v for k, v in proposal_info.items() if k != "failed"}
-            | {"failed": len(proposal_info["failed"])},
-            "train": train_summary,
-            "detections": result["detections"],
-            "classes_without_gt": result["classes_without_gt"],
-            "frozen_layers": frozen,
-            "rescale": rescale_info,
-            "ap_definition": f"VOC2007 11-point interpolated AP as {cfg.ap} (AP); the other convention "
-            "(AP_devkit or AP_py_faster_rcnn); VOC2010+ area under the curve as the devkit (AP_auc)",
-        },
-    )
-    if ctx.is_main:
-        path = write_record(record, out)
-        checkpoints.finish()
-        log(f"record: {path}")
-    return record
+    return {
+        "result": result,
+        "detections": detections,
+        "train": train_summary,
+        "frozen_layers": frozen,
+        "rescale": rescale_info,
+    }
