@@ -46,6 +46,35 @@ def constant(value: Any, help: str, *, source: str | None = None) -> Any:
     return field(default=value, metadata={"constant": help, "source": source})
 
 
+def input_norm_knob() -> Any:
+    """The trunk's input convention, the same knob in every transfer task."""
+    return knob(
+        "input convention of the trunk: minus1to1 = RGB in [-1, 1] (how `bench pretrain` trains), imagenet = "
+        "torchvision mean/std, caffe = BGR minus (104, 117, 123); auto: imagenet for torchvision state dicts, "
+        "minus1to1 otherwise",
+        default="auto",
+        choices=("auto", "minus1to1", "imagenet", "caffe"),
+    )
+
+
+def resume_knob() -> Any:
+    """``--resume`` of the tasks that train from checkpoints (classification, detection)."""
+    return knob(
+        "continue the interrupted training whose checkpoint is in OUT/checkpoints/, bit for bit (model, optimizer, "
+        "iteration, data order, RNG states)",
+        default=False,
+    )
+
+
+def checkpoint_every_knob() -> Any:
+    """``--checkpoint-every`` of the tasks that train from checkpoints (classification, detection)."""
+    return knob(
+        "iterations between training checkpoints (one is also written when SIGTERM/SIGINT stops the run; 0 = only "
+        "then); the checkpoint is removed once the record is written",
+        default=1000,
+    )
+
+
 def knobs(config_class: type) -> list[dataclasses.Field]:
     """The fields of ``config_class`` declared with :func:`knob`, in declaration order."""
     return [f for f in dataclasses.fields(config_class) if "help" in f.metadata]

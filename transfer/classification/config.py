@@ -15,7 +15,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from transfer.config import check_presets, constant, knob
+from transfer.config import check_presets, checkpoint_every_knob, constant, input_norm_knob, knob, resume_knob
 
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {
@@ -89,13 +89,7 @@ class ClassificationConfig:
         "or a comma-separated list",
         default="voc",
     )
-    input_norm: str = knob(
-        "input convention of the trunk: minus1to1 = RGB in [-1, 1] (how `bench pretrain` trains), imagenet = "
-        "torchvision mean/std, caffe = BGR minus (104, 117, 123); auto: imagenet for torchvision state dicts, "
-        "minus1to1 otherwise",
-        default="auto",
-        choices=("auto", "minus1to1", "imagenet", "caffe"),
-    )
+    input_norm: str = input_norm_knob()
     crop_size: int = knob("square training and test crop side in px", default=_PAPER["crop_size"], source=_SOURCE)
     min_scale: float = knob("smallest scale augmentation factor", default=_PAPER["min_scale"], source=_SOURCE)
     max_scale: float = knob("largest scale augmentation factor", default=_PAPER["max_scale"], source=_SOURCE)
@@ -163,16 +157,8 @@ class ClassificationConfig:
         "save the fine-tuned network (OUT/cls_<method>_seed<N>_final.pt) before evaluating it",
         default=_PAPER["save_model"],
     )
-    resume: bool = knob(
-        "continue the interrupted training whose checkpoint is in OUT/checkpoints/, bit for bit (model, optimizer, "
-        "iteration, data order, RNG states)",
-        default=False,
-    )
-    checkpoint_every: int = knob(
-        "iterations between training checkpoints (one is also written when SIGTERM/SIGINT stops the run; 0 = only "
-        "then); the checkpoint is removed once the record is written",
-        default=1000,
-    )
+    resume: bool = resume_knob()
+    checkpoint_every: int = checkpoint_every_knob()
     # fixed by the protocol
     bias_lr_mult: float = constant(2.0, "biases learn at this multiple of the rate (Caffe lr_mult: 2)", source=_SOURCE)
     lr_gamma: float = constant(0.5, "factor of each learning-rate step", source=_SOURCE)

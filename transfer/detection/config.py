@@ -17,7 +17,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from transfer.config import check_presets, constant, knob
+from transfer.config import check_presets, checkpoint_every_knob, constant, input_norm_knob, knob, resume_knob
 
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {
@@ -87,13 +87,7 @@ class DetectionConfig:
     # data and proposals
     train_split: str = knob("training split", default="trainval", source="Fast R-CNN VOC07: trainval")
     eval_split: str = knob("evaluation split (held out)", default="test", source="Fast R-CNN VOC07: test")
-    input_norm: str = knob(
-        "input convention of the trunk: minus1to1 = RGB in [-1, 1] (how `bench pretrain` trains), imagenet = "
-        "torchvision mean/std, caffe = BGR minus (104, 117, 123); auto: imagenet for torchvision state dicts, "
-        "minus1to1 otherwise",
-        default="auto",
-        choices=("auto", "minus1to1", "imagenet", "caffe"),
-    )
+    input_norm: str = input_norm_knob()
     proposals: str | None = knob(
         "proposal cache folder (one .npy per image; interrupted passes resume, later runs reuse it); not given: "
         "OUT/proposals. Pass a shared folder to reuse proposals across runs",
@@ -174,16 +168,8 @@ class DetectionConfig:
         "also write the detections as VOC results files OUT/results/comp4_det_<split>_<class>.txt", default=False
     )
     save_model: bool = knob("save the trained detector as OUT/fast_rcnn.pt", default=True)
-    resume: bool = knob(
-        "continue the interrupted training whose checkpoint is in OUT/checkpoints/, bit for bit (model, optimizer, "
-        "iteration, data order, RNG states)",
-        default=False,
-    )
-    checkpoint_every: int = knob(
-        "iterations between training checkpoints (one is also written when SIGTERM/SIGINT stops the run; 0 = only "
-        "then); the checkpoint is removed once the record is written",
-        default=1000,
-    )
+    resume: bool = resume_knob()
+    checkpoint_every: int = checkpoint_every_knob()
     # fixed by the protocol
     lr_gamma: float = constant(0.1, "factor of the learning-rate step", source=_SOLVER)
     momentum: float = constant(0.9, "SGD momentum", source=_SOLVER)

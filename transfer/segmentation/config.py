@@ -16,7 +16,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from transfer.config import check_presets, knob
+from transfer.config import check_presets, input_norm_knob, knob
 
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {
@@ -73,13 +73,7 @@ class SegmentationConfig:
         default=None,
         metavar="DIR",
     )
-    input_norm: str = knob(
-        "input convention of the trunk: minus1to1 = RGB in [-1, 1] (how `bench pretrain` trains), imagenet = "
-        "torchvision mean/std, caffe = BGR minus (104, 117, 123); auto: imagenet for torchvision state dicts, "
-        "minus1to1 otherwise",
-        default="auto",
-        choices=("auto", "minus1to1", "imagenet", "caffe"),
-    )
+    input_norm: str = input_norm_knob()
     crop_size: int | None = knob(
         "train on random square crops of this size (padded with ignore where the image is smaller) so that images "
         "can be stacked; not given: whole images, as FCN trains",

@@ -12,7 +12,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from transfer.config import check_presets, knob
+from transfer.config import check_presets, input_norm_knob, knob
 
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {
@@ -58,13 +58,7 @@ class SVMProbeConfig:
         "or a comma-separated list",
         default="voc",
     )
-    input_norm: str = knob(
-        "input convention of the trunk: minus1to1 = RGB in [-1, 1] (how `bench pretrain` trains), imagenet = "
-        "torchvision mean/std, caffe = BGR minus (104, 117, 123); auto: imagenet for torchvision state dicts, "
-        "minus1to1 otherwise",
-        default="auto",
-        choices=("auto", "minus1to1", "imagenet", "caffe"),
-    )
+    input_norm: str = input_norm_knob()
     crop_size: int = knob("centre-crop side in px (shorter side resized to it)", default=_PAPER["crop_size"],
                           source=_SOURCE)  # fmt: skip
     layers: str = knob("comma-separated trunk layers to probe", default=_PAPER["layers"], source=_SOURCE)
