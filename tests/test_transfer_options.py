@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.cli import main
+from benchmarks.cli import COMMANDS, main
 from benchmarks.commands.transfer import RENAMED_OPTIONS, TASKS, task_module
 from benchmarks.options import option_names
 from transfer.config import TransferRun, knobs
@@ -42,6 +42,19 @@ def test_help_of_a_task_lists_its_options_with_every_preset_value(task: str, cap
     notes = flat.count("(default: ") + flat.count("(paper: ") + flat.count("(required)")
     assert notes == len(knobs(module.CONFIG)) + len(knobs(TransferRun))
     assert "add_arguments" not in text and "run(args" not in text
+
+
+@pytest.mark.parametrize("command", sorted(set(COMMANDS) - {"transfer"}))
+def test_help_of_every_other_command_shows_a_default_once_and_never_none(
+    command: str, capsys: pytest.CaptureFixture
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        main([command, "--help"])
+    assert info.value.code == 0
+    flat = " ".join(capsys.readouterr().out.split())
+    assert "(default: None)" not in flat and "(default: False)" not in flat
+    for option in flat.split(" --")[1:]:  # the text of each option up to the next
+        assert option.count("(default: ") <= 1, option
 
 
 def _shown(value: object) -> str:
