@@ -34,6 +34,21 @@ def image_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_image_folder(tmp_path_factory.mktemp("images"), count=24, seed=0)
 
 
+@pytest.fixture(scope="session")
+def fit_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small VOC2007 + VOC2012 tree of 200x150 images for the learning checks (tests/test_learning.py and the
+    engines' checks), the same for every engine."""
+    from benchmarks.demo_data import make_voc_tree
+
+    return make_voc_tree(
+        tmp_path_factory.mktemp("fit-voc"),
+        splits_2007={"train": 32, "val": 8, "test": 32},
+        splits_2012={"train": 24, "val": 8},
+        image_size=(200, 150),
+        seed=3,
+    )
+
+
 @pytest.fixture()
 def subprocess_env() -> dict[str, str]:
     """Environment for subprocesses (torchrun, the CLI) that puts this checkout first on the import path."""

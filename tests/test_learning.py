@@ -27,20 +27,6 @@ pytestmark = pytest.mark.learning
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(scope="module")
-def fit_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small VOC2007 + VOC2012 tree of 200x150 images for the fitting checks."""
-    from benchmarks.demo_data import make_voc_tree
-
-    return make_voc_tree(
-        tmp_path_factory.mktemp("fit-voc"),
-        splits_2007={"train": 32, "val": 8, "test": 32},
-        splits_2012={"train": 24, "val": 8},
-        image_size=(200, 150),
-        seed=3,
-    )
-
-
 # ------------------------------------------------------------------------------------------------ classification
 def _fit_classifier(root: Path, iterations: int, lr: float, seed: int = 0) -> tuple[object, float]:
     """Fine-tune a rescaled random trunk on VOC2007 train and score it on the same images (1 centre crop)."""
