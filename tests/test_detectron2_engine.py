@@ -301,8 +301,8 @@ ENGINE_AGREEMENT_TOLERANCE = 1.5
 @needs_detectron2
 @pytest.mark.slow  # two cpu-preset detection runs: several minutes each on 2 cores
 def test_engines_agree_at_the_cpu_preset(tmp_path: Path, subprocess_env: dict) -> None:
-    """Both engines through `bench transfer --task det --preset cpu` on the demo's VOC2007 layout (250 trainval,
-    250 test images of 200x150), the same proposal cache, random weights and seed 0."""
+    """Both engines through `bench transfer --task det --preset cpu` on the demo's VOC2007 layout (1,000 trainval,
+    500 test images of 200x150), the same proposal cache, random weights and seed 0."""
     from benchmarks.commands.demo import VOC_IMAGE_SIZE, VOC_SPLITS_2007
     from benchmarks.demo_data import make_voc_tree
 
