@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +83,18 @@ def test_worker_processes_match_in_process_results_and_bad_images_are_reported(v
     assert stats.computed == 2 and list(stats.failed) == ["broken"] and "broken.jpg" in stats.failed["broken"]
     for i in images:
         np.testing.assert_array_equal(parallel.load(i), serial.load(i))
+
+
+def test_cache_files_get_the_mode_a_plain_open_gives(tmp_path: Path) -> None:
+    """A shared proposal cache must be readable by the group's other users (mkstemp alone makes files 0600)."""
+    cache = ProposalCache(tmp_path, "fast")
+    old = os.umask(0o022)
+    try:
+        path = cache.save("x", np.array([[0, 0, 9, 9]], dtype=np.float32))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    np.testing.assert_array_equal(cache.load("x"), [[0, 0, 9, 9]])
 
 
 def test_corrupt_cache_file_names_the_file(tmp_path: Path) -> None:

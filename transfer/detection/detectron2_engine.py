@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import importlib.util
 import math
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -39,6 +38,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from pretrain.checkpoint import atomic_torch_save, atomic_write_text
 from transfer.config import ProtocolError
 from transfer.detection.boxes import clip_boxes, flip_boxes
 from transfer.detection.data import DetectionImage, TrainBatchSampler, image_scale
@@ -394,26 +394,13 @@ def save_detectron2_model(model: nn.Module, cfg: Any, folder: Path) -> tuple[Pat
     folder.mkdir(parents=True, exist_ok=True)
     weights = folder / "model_final.pth"
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    _atomic_write(weights, lambda fh: torch.save({"model": state, "__author__": "context-encoders-bench"}, fh))
+    atomic_torch_save({"model": state, "__author__": "context-encoders-bench"}, weights)
     cfg = cfg.clone()
     cfg.MODEL.WEIGHTS = str(weights.resolve())
     cfg.MODEL.DEVICE = "cpu"
     config = folder / "config.yaml"
-    _atomic_write(config, lambda fh: fh.write(cfg.dump().encode()))
+    atomic_write_text(config, cfg.dump())
     return weights, config
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    import os
-
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def finite_or_none(value: float) -> float | None:

@@ -16,8 +16,7 @@ every cap). Boxes are ``float32 [N, 4]`` 0-based inclusive ``x1, y1, x2, y2``.
 
 from __future__ import annotations
 
-import os
-import tempfile
+import io
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -26,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
+
+from pretrain.checkpoint import atomic_write_bytes
 
 PROPOSAL_MODES = ("fast", "quality")
 #: Fast R-CNN's ``pascal_voc`` config ``min_size``
@@ -128,17 +129,9 @@ class ProposalCache:
         return boxes.astype(np.float32, copy=False)
 
     def save(self, image_id: str, boxes: np.ndarray) -> Path:
-        path = self.path(image_id)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{image_id}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.save(fh, np.asarray(boxes, dtype=np.float32))
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        buffer = io.BytesIO()
+        np.save(buffer, np.asarray(boxes, dtype=np.float32))
+        return atomic_write_bytes(self.path(image_id), buffer.getvalue())  # readable as a plain open's file
 
 
 @dataclass
