@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -20,6 +21,7 @@ from pretrain.checkpoint import atomic_write_json
 from pretrain.config import PretrainConfig
 from pretrain.data import build_pretrain_dataset
 from pretrain.distributed import barrier, cleanup_distributed, init_distributed
+from pretrain.encoder_health import dead_warning, encoder_dead_channels
 from pretrain.export import EXPORT_NAME, export_checkpoint
 from pretrain.methods import METHODS, NonFiniteLossError
 from pretrain.preemption import Preempted, PreemptionGuard, ignore_stop_signals
@@ -29,6 +31,18 @@ from pretrain.runlock import command_line, run_folder_lock
 
 class PretrainFailed(RuntimeError):
     """The run cannot start or stopped early (bad run folder, non-finite loss); the message says why."""
+
+
+def _dead_channels(method: Any, config: PretrainConfig, dataset: Any) -> dict[str, float]:
+    """The trained encoder's dead-channel fractions per convolution (``pretrain/encoder_health.py``) on up to 64
+    training images (fixed crops: seed 0), with a warning on stderr where most of a layer's channels are dead."""
+    with engine.seeded_rngs(0):
+        images = torch.stack([dataset[i] for i in range(min(64, len(dataset)))])
+    fractions = encoder_dead_channels(method.encoder_state_dict(), config.widths, images)
+    warning = dead_warning(fractions)
+    if warning:
+        print(f"bench pretrain: warning: {warning}", file=sys.stderr)
+    return fractions
 
 
 def _print_config(config: PretrainConfig) -> None:
@@ -258,6 +272,8 @@ def _pretrain_locked(config: PretrainConfig, run_dir: Path) -> dict[str, Any]:
             if status in ("completed", "stopped", "initialised") and ckpts and method.encoder_state_dict() is not None:
                 export = export_checkpoint(ckpts[-1], run_dir / EXPORT_NAME)
                 summary["export"], summary["export_sha256"] = str(export), sha256_file(export)
+                if dataset is not None and len(dataset) > 0:
+                    summary["dead_channels"] = _dead_channels(method, config, dataset)
             atomic_write_json(run_dir / "summary.json", summary)
         logger.close()
         if error is not None:

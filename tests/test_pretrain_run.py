@@ -62,6 +62,8 @@ def test_run_folder_holds_everything(run20: Path) -> None:
     summary = json.loads((run20 / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["iteration"] == 20
     assert summary["skipped_images"] == 0 and summary["dataset_size"] == 24
+    assert set(summary["dead_channels"]) == {"conv1", "conv2", "conv3", "conv4", "conv5"}
+    assert all(0.0 <= f <= 1.0 for f in summary["dead_channels"].values())
     config = json.loads((run20 / "config.json").read_text())
     assert config["iterations"] == 20 and config["mask"] == "random-region" and config["lr"] == 2e-4
     env = json.loads((run20 / "env.json").read_text())
