@@ -15,7 +15,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from pretrain import engine
+from pretrain import engine, sampling
 from pretrain.checkpoint import atomic_write_json
 from pretrain.config import PretrainConfig
 from pretrain.data import build_pretrain_dataset
@@ -187,11 +187,11 @@ def _pretrain_locked(config: PretrainConfig, run_dir: Path) -> dict[str, Any]:
             if ctx.distributed:
                 device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
                 method.wrap_distributed(lambda net: DistributedDataParallel(net, device_ids=device_ids))
-            sampler = engine.IterationBatchSampler(
+            sampler = sampling.IterationBatchSampler(
                 len(dataset), config.batch_size, start, end, config.seed, ctx.rank, ctx.world_size
             )
             loader = DataLoader(
-                engine.SeededDataset(dataset),
+                sampling.SeededDataset(dataset),
                 batch_sampler=sampler,
                 num_workers=config.workers,
                 pin_memory=ctx.device.type == "cuda",
