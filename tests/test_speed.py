@@ -122,7 +122,7 @@ def test_table_shows_error_rows_and_feed_ratios() -> None:
 
 def test_image_cache_gives_identical_crops_and_is_reused(image_folder: Path, tmp_path: Path) -> None:
     from pretrain.data import UnlabeledImageDataset, find_images
-    from pretrain.sampling import SeededDataset
+    from pretrain.sampling import SampleKey, SeededDataset
 
     folder = tmp_path / "images"
     shutil.copytree(image_folder, folder)
@@ -136,7 +136,7 @@ def test_image_cache_gives_identical_crops_and_is_reused(image_folder: Path, tmp
     assert cached_ds.build_cache() == 0  # nothing left to build
     for i in range(len(paths)):
         for seed in (1, 2, 3):
-            a, b = plain[(i, 0, seed)], cached[(i, 0, seed)]
+            a, b = plain[SampleKey(i, 0, seed)], cached[SampleKey(i, 0, seed)]
             assert a.shape == (3, 64, 64) and torch.equal(a, b)
     # an edited image gets a new entry instead of the stale one
     target = paths[0]
@@ -146,7 +146,7 @@ def test_image_cache_gives_identical_crops_and_is_reused(image_folder: Path, tmp
     # a different resize setting never reads another setting's entries
     other = UnlabeledImageDataset(paths, crop_size=64, resize_short=96, cache_dir=cache)
     assert other.cache_path(1) != cached_ds.cache_path(1)
-    assert SeededDataset(other)[(1, 0, 5)].shape == (3, 64, 64)
+    assert SeededDataset(other)[SampleKey(1, 0, 5)].shape == (3, 64, 64)
 
 
 def test_bench_pretrain_cache_dir_fills_the_cache(image_folder: Path, tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from benchmarks.cli import main
+from pretrain.sampling import SampleKey
 from transfer.classification import (
     ClassificationConfig,
     VOCClassificationEval,
@@ -62,11 +63,12 @@ def test_views_and_model_shapes(voc_root: Path) -> None:
     ydir = resolve_year_dir(voc_root, "2007")
     items, _ = load_classification_items(ydir, "test", VOC_CLASSES)
     cfg = ClassificationConfig(crop_size=67, eval_crops=3, fc_width=32, input_norm="minus1to1")
-    image, labels = VOCClassificationTrain(items, cfg)[(0, 0, 5)]
+    train = VOCClassificationTrain(items, cfg)
+    image, labels = train[SampleKey(0, 0, 5)]
     assert image.shape == (3, 67, 67) and labels.shape == (20,)
     assert float(image.min()) >= -1.0 and float(image.max()) <= 1.0
-    assert torch.equal(VOCClassificationTrain(items, cfg)[(0, 0, 5)][0], image)  # the key's seed fixes the view
-    assert not torch.equal(VOCClassificationTrain(items, cfg)[(0, 0, 6)][0], image)
+    assert torch.equal(train[SampleKey(0, 0, 5)][0], image)  # the key's seed fixes the view
+    assert not torch.equal(train[SampleKey(0, 0, 6)][0], image)
     views, _ = VOCClassificationEval(items, cfg, seed=0)[1]
     again, _ = VOCClassificationEval(items, cfg, seed=0)[1]
     assert views.shape == (4, 3, 67, 67) and torch.equal(views, again)  # random crops are reproducible
