@@ -242,7 +242,7 @@ def _jpeg_folder(count: int) -> Path:
 def data_loader(device: torch.device, precision: str, quick: bool) -> Workload:
     from torch.utils.data import DataLoader
 
-    from pretrain import engine
+    from pretrain import sampling
     from pretrain.config import PRESETS
     from pretrain.data import UnlabeledImageDataset, find_images
 
@@ -255,9 +255,9 @@ def data_loader(device: torch.device, precision: str, quick: bool) -> Workload:
     )
     if cache_dir is not None:
         dataset.build_cache()
-    sampler = engine.IterationBatchSampler(len(dataset), batch, 0, 10**9, seed=0)
+    sampler = sampling.IterationBatchSampler(len(dataset), batch, 0, 10**9, seed=0)
     loader = DataLoader(
-        engine.SeededDataset(dataset),
+        sampling.SeededDataset(dataset),
         batch_sampler=sampler,
         num_workers=workers,
         pin_memory=device.type == "cuda",

@@ -7,7 +7,7 @@ is a world of one. The backend is nccl when the run uses CUDA and gloo otherwise
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -78,30 +78,6 @@ def world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
-
-
-class RankBatches:
-    """This rank's share of every global batch of ``batches`` (an iterable of index lists, e.g. a seeded
-    ``BatchSampler`` that yields the same batches on every rank): rank ``r`` of ``w`` takes the ``r``-th of ``w``
-    equal contiguous slices, so the ranks together see exactly the global batches a single process would see.
-    Usable as a DataLoader ``batch_sampler``."""
-
-    def __init__(self, batches: Any, rank: int, world_size: int) -> None:
-        self.batches, self.rank, self.world_size = batches, rank, world_size
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-    def __iter__(self) -> Iterator[list[int]]:
-        for batch in self.batches:
-            batch = list(batch)
-            if len(batch) % self.world_size:
-                raise ValueError(
-                    f"a batch of {len(batch)} cannot be split evenly over {self.world_size} processes; use a "
-                    "--batch-size that is a multiple of the number of processes"
-                )
-            share = len(batch) // self.world_size
-            yield batch[self.rank * share : (self.rank + 1) * share]
 
 
 def shard_indices(n: int, rank: int, world_size: int) -> list[int]:

@@ -3,9 +3,10 @@ around it (MAE's ``engine_pretrain.py`` split; the wiring of arguments, data and
 ``benchmarks/commands/pretrain.py``).
 
 Reproducibility and ``--resume``: every random draw of iteration ``i`` on rank ``r`` comes from seeds derived from
-``(seed, stream, i, r)`` (``derive_seed``): the images of the batch and their augmentation (``IterationBatchSampler``
-+ ``SeededDataset``, independent of the number of DataLoader workers), the masks (a CPU ``torch.Generator`` handed
-to the method) and the global torch/numpy/python RNGs used by dropout. The checkpoint holds model, optimizer,
+``(seed, stream, i, r)`` (``derive_seed``): the images of the batch and their augmentation
+(``pretrain/sampling.py``: ``IterationBatchSampler`` + ``SeededDataset``, independent of the number of DataLoader
+workers), the masks (a CPU ``torch.Generator`` handed to the method) and the global torch/numpy/python RNGs used by
+dropout. The checkpoint holds model, optimizer,
 iteration and the RNG states, so a run stopped after iteration ``k`` and resumed ends with weights identical to a run
 that never stopped. The schedule is iteration based with a constant Adam learning rate (the official Lua code
 never decays it).
@@ -13,8 +14,6 @@ never decays it).
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 import math
 import random
@@ -26,7 +25,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
 
 from pretrain.checkpoint import (
     CHECKPOINT_FORMAT,
@@ -41,14 +39,9 @@ from pretrain.distributed import DistributedContext, all_reduce_sum
 from pretrain.methods import NonFiniteLossError, PretrainMethod
 from pretrain.preemption import Preempted, PreemptionGuard
 from pretrain.runinfo import code_version
+from pretrain.sampling import derive_seed, seeded_rngs
 
 CHECKPOINT_PATTERN = "ckpt_{iteration:08d}.pt"
-
-
-def derive_seed(seed: int, stream: str, *parts: int) -> int:
-    """A 63-bit seed for one random stream of one iteration/rank, independent of every other stream."""
-    text = ":".join([str(seed), stream, *(str(p) for p in parts)])
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") & ((1 << 63) - 1)
 
 
 def seed_everything(seed: int) -> None:
@@ -56,82 +49,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % (1 << 32))
     random.seed(seed)
-
-
-@contextlib.contextmanager
-def seeded_rngs(seed: int) -> Iterator[None]:
-    """Run a block with all global CPU RNGs seeded by ``seed``, restoring their previous states afterwards.
-
-    Only the CPU generators are seeded (``torch.manual_seed`` would also queue a CUDA seeding call, recording a
-    stack trace each time while CUDA is not initialised: a third of the per-image cost of the data loader; and the
-    CUDA state is not restored by ``fork_rng(devices=[])``). The CPU draws are the same as with ``torch.manual_seed``.
-    """
-    np_state, py_state = np.random.get_state(), random.getstate()
-    with torch.random.fork_rng(devices=[]):
-        torch.default_generator.manual_seed(seed)
-        np.random.seed(seed % (1 << 32))
-        random.seed(seed)
-        try:
-            yield
-        finally:
-            np.random.set_state(np_state)
-            random.setstate(py_state)
-
-
-class IterationBatchSampler(Sampler[list[tuple[int, int]]]):
-    """Batches of ``(index, augmentation seed)`` for iterations ``start .. end-1`` of one rank.
-
-    The stream of images is a sequence of epochs, each a permutation of the dataset drawn from
-    ``(seed, "epoch", e)``; the global batch of iteration ``i`` is positions ``[i*B*W, (i+1)*B*W)`` of that stream
-    and rank ``r`` takes its ``B`` consecutive positions (a distributed sampler without padding). The batch of any
-    iteration is therefore computable without replaying the earlier ones, which is what ``--resume`` needs.
-    """
-
-    def __init__(
-        self, size: int, batch_size: int, start: int, end: int, seed: int, rank: int = 0, world_size: int = 1
-    ) -> None:
-        if size <= 0:
-            raise ValueError("cannot sample from an empty dataset")
-        self.size, self.batch_size, self.start, self.end = size, batch_size, start, end
-        self.seed, self.rank, self.world_size = seed, rank, world_size
-        self._epoch, self._perm = -1, torch.empty(0, dtype=torch.long)
-
-    def _index(self, position: int) -> int:
-        epoch, offset = divmod(position, self.size)
-        if epoch != self._epoch:
-            gen = torch.Generator().manual_seed(derive_seed(self.seed, "epoch", epoch))
-            self._epoch, self._perm = epoch, torch.randperm(self.size, generator=gen)
-        return int(self._perm[offset])
-
-    def batch(self, iteration: int) -> list[tuple[int, int]]:
-        first = (iteration * self.world_size + self.rank) * self.batch_size
-        return [
-            (self._index(first + j), derive_seed(self.seed, "augment", iteration, self.rank, j))
-            for j in range(self.batch_size)
-        ]
-
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        for iteration in range(self.start, self.end):
-            yield self.batch(iteration)
-
-    def __len__(self) -> int:
-        return max(0, self.end - self.start)
-
-
-class SeededDataset(Dataset[torch.Tensor]):
-    """Wraps an image dataset so that item ``(index, seed)`` is augmented with RNGs seeded by ``seed``: the same
-    crop and flip whichever worker process loads it."""
-
-    def __init__(self, dataset: Dataset[torch.Tensor]) -> None:
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
-
-    def __getitem__(self, item: tuple[int, int]) -> torch.Tensor:
-        index, seed = item
-        with seeded_rngs(seed):
-            return self.dataset[index]
 
 
 # -- RNG state and checkpoints -------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from pretrain import engine
+from pretrain import engine, sampling
 from pretrain.checkpoint import atomic_write_json
 from pretrain.config import PretrainConfig
 from pretrain.data import build_pretrain_dataset
@@ -36,7 +36,7 @@ class PretrainFailed(RuntimeError):
 def _dead_channels(method: Any, config: PretrainConfig, dataset: Any) -> dict[str, float]:
     """The trained encoder's dead-channel fractions per convolution (``pretrain/encoder_health.py``) on up to 64
     training images (fixed crops: seed 0), with a warning on stderr where most of a layer's channels are dead."""
-    with engine.seeded_rngs(0):
+    with sampling.seeded_rngs(0):
         images = torch.stack([dataset[i] for i in range(min(64, len(dataset)))])
     fractions = encoder_dead_channels(method.encoder_state_dict(), config.widths, images)
     warning = dead_warning(fractions)
@@ -201,11 +201,11 @@ def _pretrain_locked(config: PretrainConfig, run_dir: Path) -> dict[str, Any]:
             if ctx.distributed:
                 device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
                 method.wrap_distributed(lambda net: DistributedDataParallel(net, device_ids=device_ids))
-            sampler = engine.IterationBatchSampler(
+            sampler = sampling.IterationBatchSampler(
                 len(dataset), config.batch_size, start, end, config.seed, ctx.rank, ctx.world_size
             )
             loader = DataLoader(
-                engine.SeededDataset(dataset),
+                sampling.SeededDataset(dataset),
                 batch_sampler=sampler,
                 num_workers=config.workers,
                 pin_memory=ctx.device.type == "cuda",

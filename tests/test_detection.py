@@ -12,16 +12,17 @@ import numpy as np
 import pytest
 import torch
 
+from pretrain.sampling import IterationBatchSampler, SampleKey
 from transfer.detection.boxes import BoxCoder, box_iou_inclusive
 from transfer.detection.data import (
     DetectionImage,
     DetectionTrainSet,
     RoISampler,
-    TrainBatchSampler,
     collate_detection,
     has_training_rois,
     image_scale,
     load_detection_split,
+    train_views,
 )
 from transfer.detection.evaluate import EvalConfig, detect_image, evaluate, ground_truth_by_class
 from transfer.detection.model import FastRCNN, freeze_trunk
@@ -136,12 +137,21 @@ def test_roi_sampler_follows_fast_rcnn_fractions_and_thresholds() -> None:
     assert all(len(t) == 0 for t in none)
 
 
-def test_batch_sampler_uses_every_image_flipped_and_not_each_epoch() -> None:
-    batches = list(TrainBatchSampler(num_images=3, images_per_batch=2, iterations=3, seed=0))
-    keys = [(i, f) for b in batches for i, f, _ in b]
-    assert sorted(keys) == sorted((i, f) for i in range(3) for f in (False, True))
-    resumed = list(TrainBatchSampler(num_images=3, images_per_batch=2, iterations=3, seed=0, start=2))
-    assert resumed == batches[2:]
+def test_each_epoch_has_every_image_as_is_and_mirrored(det_tree: dict) -> None:
+    """Fast R-CNN's flipped roidb through the one sampler: two views per image (view 1 = mirrored), each once per
+    epoch; without flips one view. The dataset mirrors the image of view 1 and samples RoIs from the key's seed."""
+    n, per_batch = 3, 2
+    keys = [k for b in IterationBatchSampler(n, per_batch, 0, 3, seed=0, views=train_views(flip=True)) for k in b]
+    assert sorted((k.item, k.view) for k in keys) == [(i, v) for i in range(n) for v in (0, 1)]
+    plain = [k for b in IterationBatchSampler(n, per_batch, 0, 3, seed=0, views=train_views(flip=False)) for k in b]
+    assert {k.view for k in plain} == {0} and sorted(k.item for k in plain) == sorted([*range(n), *range(n)])
+    images, _ = load_detection_split(det_tree["year_dir"], "trainval", _proposals(det_tree["cache"]))
+    dataset = DetectionTrainSet([im for im in images if has_training_rois(im, RoISampler())], 128, 200)
+    as_is, mirrored = dataset[SampleKey(0, 0, 7)], dataset[SampleKey(0, 1, 7)]
+    torch.testing.assert_close(mirrored["image"], as_is["image"].flip(-1), atol=0.05, rtol=0)
+    assert not torch.allclose(mirrored["image"], as_is["image"], atol=0.05)
+    again = dataset[SampleKey(0, 0, 7)]
+    assert torch.equal(again["rois"], as_is["rois"]) and torch.equal(again["labels"], as_is["labels"])
 
 
 def _small_model(seed: int = 0) -> FastRCNN:
@@ -164,7 +174,7 @@ def test_train_step_updates_unfrozen_layers_only(det_tree: dict, precision: str)
     images, _ = load_detection_split(det_tree["year_dir"], "trainval", _proposals(det_tree["cache"]))
     usable = [im for im in images if has_training_rois(im, RoISampler())]
     dataset = DetectionTrainSet(usable, scale=128, max_size=200)
-    batch = collate_detection([dataset[(0, False, 1)], dataset[(1, True, 2)]])
+    batch = collate_detection([dataset[SampleKey(0, 0, 1)], dataset[SampleKey(1, 1, 2)]])
     assert batch["rois"].shape[1] == 5 and set(batch["rois"][:, 0].tolist()) == {0.0, 1.0}
     model = _small_model()
     assert freeze_trunk(model, "conv1") == ["conv1"]

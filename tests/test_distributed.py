@@ -1,26 +1,12 @@
-"""Sharding helpers of the torchrun harnesses (the multi-process behaviour is tested per task with 2 gloo ranks)."""
+"""Sharding helpers of the torchrun harnesses (the multi-process behaviour is tested per task with 2 gloo ranks;
+the ranks' shares of the training batches in tests/test_sampling.py)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
-from torch.utils.data import BatchSampler, RandomSampler
 
-from pretrain.distributed import RankBatches, gather_rows, shard_indices
-
-
-def test_rank_shares_make_up_each_global_batch() -> None:
-    def batches() -> BatchSampler:
-        return BatchSampler(RandomSampler(range(10), generator=torch.Generator().manual_seed(3)), 4, True)
-
-    single = [list(b) for b in batches()]
-    shares = [list(RankBatches(batches(), rank, 2)) for rank in range(2)]
-    assert len(shares[0]) == len(single) == 2
-    for k, batch in enumerate(single):
-        assert shares[0][k] + shares[1][k] == batch and len(shares[0][k]) == 2
-    with pytest.raises(ValueError, match="multiple of the number of processes"):
-        list(RankBatches(batches(), 0, 3))
+from pretrain.distributed import gather_rows, shard_indices
 
 
 def test_shards_cover_every_item_once_and_gather_in_item_order() -> None:

@@ -22,6 +22,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from pretrain.sampling import IterationBatchSampler
+
 pytestmark = pytest.mark.learning
 
 CPU = torch.device("cpu")
@@ -62,11 +64,10 @@ def _fit_classifier(root: Path, iterations: int, lr: float, seed: int = 0) -> tu
     trunk, _ = load_alexnet_trunk("random", seed=seed)
     model = build_classifier(trunk, len(VOC_CLASSES), cfg, seed)
     model.set_trainable("all")
-    loader = DataLoader(
-        VOCClassificationTrain(items, cfg), batch_size=16, shuffle=True, drop_last=True,
-        generator=torch.Generator().manual_seed(seed),
-    )  # fmt: skip
-    rescale_for_finetuning(model, torch.cat([next(iter(loader))[0] for _ in range(2)]), cfg, seed)
+    dataset = VOCClassificationTrain(items, cfg)
+    loader = DataLoader(dataset, batch_sampler=IterationBatchSampler(len(items), 16, 0, iterations, seed))
+    first = DataLoader(dataset, batch_sampler=IterationBatchSampler(len(items), 16, 0, 2, seed))
+    rescale_for_finetuning(model, torch.cat([images for images, _ in first]), cfg, seed)
     finetune(model, loader, cfg, CPU)
     scores, _, labels = evaluate(model, DataLoader(VOCClassificationEval(items, cfg, seed), batch_size=8), CPU, "bf16")
     m, _, _ = mean_average_precision(scores, labels, VOC_CLASSES, "sklearn")
@@ -114,10 +115,10 @@ def _fit_fast_rcnn(root: Path, work: Path, iterations: int, lr: float, seed: int
     from transfer.detection.data import (
         DetectionTrainSet,
         RoISampler,
-        TrainBatchSampler,
         collate_detection,
         has_training_rois,
         load_detection_split,
+        train_views,
     )
     from transfer.detection.evaluate import EvalConfig, evaluate
     from transfer.detection.model import FastRCNN, freeze_trunk, rescale_fast_rcnn
@@ -142,7 +143,7 @@ def _fit_fast_rcnn(root: Path, work: Path, iterations: int, lr: float, seed: int
     optimizer = torch.optim.SGD(caffe_param_groups(model, lr, cfg.weight_decay), lr=lr, momentum=cfg.momentum)
     loader = DataLoader(
         DetectionTrainSet(usable, 160, 267, "minus1to1", sampler),
-        batch_sampler=TrainBatchSampler(len(usable), 2, iterations, seed),
+        batch_sampler=IterationBatchSampler(len(usable), 2, 0, iterations, seed, views=train_views(flip=True)),
         collate_fn=collate_detection,
     )
     train(model, loader, optimizer, cfg, CPU, progress=False)
@@ -171,7 +172,7 @@ def _fit_fcn(root: Path, variant: str, iterations: int, lr: float, seed: int = 0
     model = build_fcn(trunk, variant=variant, num_classes=len(SEG_CLASSES), fc_channels=256, seed=seed)  # type: ignore[arg-type]
     rescale_fcn(model, [i.image for i in items], "minus1to1", seed=seed)
     train_fcn(
-        model, SegmentationDataset(items, train=True, input_norm="minus1to1", flip=True, seed=seed), ctx=ctx,
+        model, SegmentationDataset(items, train=True, input_norm="minus1to1", flip=True), ctx=ctx,
         iterations=iterations, batch_size=4, lr=lr, momentum=0.9, weight_decay=5e-4, normalization="valid",
         precision="bf16", workers=0, seed=seed, progress=False,
     )  # fmt: skip

@@ -1,4 +1,5 @@
-"""FCN segmentation: IoU metrics, the model's output size and alignment, loss, training step, sampler (unit tests)."""
+"""FCN segmentation: IoU metrics, the model's output size and alignment, loss, training step, seeded training items
+(unit tests)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,11 @@ import torch
 
 from pretrain.distributed import init_distributed
 from pretrain.models.alexnet import alexnet_trunk
+from pretrain.sampling import SampleKey
 from transfer.segmentation.data import SegmentationDataset, voc_items
 from transfer.segmentation.model import bilinear_kernel, bilinear_upsampling, build_fcn
 from transfer.segmentation.train import (
     NonFiniteLossError,
-    TrainBatchSampler,
     build_optimizer,
     segmentation_loss,
     train_fcn,
@@ -137,14 +138,19 @@ def test_train_step_updates_weights_and_keeps_upsampling_frozen() -> None:
     assert torch.equal(before["up_skips.0.weight"], after["up_skips.0.weight"])
 
 
-def test_batch_sampler_shares_each_epoch_between_ranks() -> None:
-    n, world = 7, 2
-    draws = [list(TrainBatchSampler(n, 3, 2, seed=1, rank=r, world_size=world)) for r in range(world)]
-    flat = [[i for batch in d for i in batch] for d in draws]
-    assert all(len(f) == 6 for f in flat)
-    first_epoch = [i for f in flat for i in f[:3]]
-    assert len(set(first_epoch)) == 6 and all(0 <= i < n for i in first_epoch)  # disjoint, one left out
-    assert any(i >= n for i in flat[0])  # second epoch indices carry the epoch (augmentation differs)
+def test_training_items_take_flip_and_crop_from_the_key(voc_root: Path) -> None:
+    items = voc_items(voc_root, "train")[:2]
+    ds = SegmentationDataset(items, train=True, input_norm="minus1to1", flip=True, crop_size=32)
+    views = [ds[SampleKey(1, 0, seed)] for seed in range(8)]
+    x, mask, image_id = views[0]
+    assert x.shape == (3, 32, 32) and mask.shape == (32, 32) and image_id == items[1].image_id
+    again = ds[SampleKey(1, 0, 0)]
+    assert torch.equal(again[0], x) and torch.equal(again[1], mask)  # a key is one augmentation
+    assert len({v[0].sum().item() for v in views}) > 1  # other seeds, other crops / flips
+    with pytest.raises(TypeError, match="sampler keys"):
+        ds[0]
+    evaluation = SegmentationDataset(items, train=False, input_norm="minus1to1")
+    assert evaluation[1][0].shape[1:] == evaluation[1][1].shape  # whole image, by position
 
 
 # ---------------------------------------------------------------- data

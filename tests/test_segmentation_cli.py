@@ -21,6 +21,7 @@ from safetensors.torch import save_file
 
 from benchmarks.cli import main as bench
 from pretrain.models.alexnet import alexnet_trunk
+from pretrain.sampling import SampleKey
 from transfer.records import read_record
 from transfer.segmentation.data import (
     SegmentationDataset,
@@ -82,7 +83,7 @@ def test_sbd_extra_annotations_without_val_leakage(voc_root: Path, tmp_path: Pat
         load_sbd_mask(sbd / "cls" / "2008_000001.mat", (41, 30))
     good, skipped = check_items(lst.items, skip_bad=False)
     assert len(good) == 22 and not skipped
-    x, m, _ = SegmentationDataset(good, train=True, crop_size=64, seed=3)[len(good) - 1]
+    x, m, _ = SegmentationDataset(good, train=True, crop_size=64)[SampleKey(len(good) - 1, 0, 3)]
     assert x.shape == (3, 64, 64) and m.shape == (64, 64) and (m == 255).sum() > 64 * 64 - 40 * 30
 
 

@@ -49,7 +49,7 @@ def test_ce_convs_runs_exactly_the_convolutions_of_ce_step() -> None:
     """The ceiling row: the same convolution FLOPs as the full step, less only the channel-wise FC (a bmm) and the
     small matrix products that resize the random-region masks."""
     import benchmarks.hot_paths as hp
-    from pretrain.engine import derive_seed
+    from pretrain.sampling import derive_seed
 
     cpu = torch.device("cpu")
     step_flops = count_flops(hp.ce_step(cpu, "fp32", True).step)
@@ -122,7 +122,7 @@ def test_table_shows_error_rows_and_feed_ratios() -> None:
 
 def test_image_cache_gives_identical_crops_and_is_reused(image_folder: Path, tmp_path: Path) -> None:
     from pretrain.data import UnlabeledImageDataset, find_images
-    from pretrain.engine import SeededDataset
+    from pretrain.sampling import SampleKey, SeededDataset
 
     folder = tmp_path / "images"
     shutil.copytree(image_folder, folder)
@@ -136,7 +136,7 @@ def test_image_cache_gives_identical_crops_and_is_reused(image_folder: Path, tmp
     assert cached_ds.build_cache() == 0  # nothing left to build
     for i in range(len(paths)):
         for seed in (1, 2, 3):
-            a, b = plain[(i, seed)], cached[(i, seed)]
+            a, b = plain[SampleKey(i, 0, seed)], cached[SampleKey(i, 0, seed)]
             assert a.shape == (3, 64, 64) and torch.equal(a, b)
     # an edited image gets a new entry instead of the stale one
     target = paths[0]
@@ -146,7 +146,7 @@ def test_image_cache_gives_identical_crops_and_is_reused(image_folder: Path, tmp
     # a different resize setting never reads another setting's entries
     other = UnlabeledImageDataset(paths, crop_size=64, resize_short=96, cache_dir=cache)
     assert other.cache_path(1) != cached_ds.cache_path(1)
-    assert SeededDataset(other)[(1, 5)].shape == (3, 64, 64)
+    assert SeededDataset(other)[SampleKey(1, 0, 5)].shape == (3, 64, 64)
 
 
 def test_bench_pretrain_cache_dir_fills_the_cache(image_folder: Path, tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from benchmarks.cli import main
+from pretrain.sampling import SampleKey
 from transfer.classification import (
     ClassificationConfig,
     VOCClassificationEval,
@@ -62,9 +63,12 @@ def test_views_and_model_shapes(voc_root: Path) -> None:
     ydir = resolve_year_dir(voc_root, "2007")
     items, _ = load_classification_items(ydir, "test", VOC_CLASSES)
     cfg = ClassificationConfig(crop_size=67, eval_crops=3, fc_width=32, input_norm="minus1to1")
-    image, labels = VOCClassificationTrain(items, cfg)[0]
+    train = VOCClassificationTrain(items, cfg)
+    image, labels = train[SampleKey(0, 0, 5)]
     assert image.shape == (3, 67, 67) and labels.shape == (20,)
     assert float(image.min()) >= -1.0 and float(image.max()) <= 1.0
+    assert torch.equal(train[SampleKey(0, 0, 5)][0], image)  # the key's seed fixes the view
+    assert not torch.equal(train[SampleKey(0, 0, 6)][0], image)
     views, _ = VOCClassificationEval(items, cfg, seed=0)[1]
     again, _ = VOCClassificationEval(items, cfg, seed=0)[1]
     assert views.shape == (4, 3, 67, 67) and torch.equal(views, again)  # random crops are reproducible
@@ -170,7 +174,7 @@ def test_smoke_finetune_writes_record_and_counts_skips(voc_root: Path, tmp_path:
     assert {"mAP_1crop", "mAP_2crop_voc07", "mAP_1crop_voc07"} <= set(rec["metrics"])  # smoke: 2 random crops
     # both Krähenbühl variants are stored; the scikit-learn <= 0.18 trapezoids never exceed the step-wise sum
     assert rec["metrics"]["mAP_2crop"] <= rec["metrics"]["mAP_2crop_stepwise"] + 1e-9
-    assert rec["config"]["ap"] == "krahenbuhl" and rec["protocol"]["version"] == 2
+    assert rec["config"]["ap"] == "krahenbuhl" and rec["protocol"]["version"] == 3
     assert rec["per_class"]["AP"] == rec["per_class"]["AP_2crop"]
     test_items, _ = load_classification_items(ydir, "test", VOC_CLASSES, skip_bad=True)
     with_positives = {c for k, c in enumerate(VOC_CLASSES) if any(i.labels[k] > 0 for i in test_items)}

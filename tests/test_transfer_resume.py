@@ -33,13 +33,19 @@ def _run(argv: list[str], env: dict[str, str]) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("task", ["cls", "det"])
+@pytest.mark.parametrize(
+    ("task", "workers"),
+    [("cls", ("0", "0", "0")), ("cls", ("2", "0", "1")), ("det", ("0", "0", "0"))],
+    ids=["cls", "cls-workers", "det"],
+)
 def test_sigterm_then_resume_is_bit_identical(
-    task: str, voc_root: Path, tmp_path: Path, subprocess_env: dict[str, str]
+    task: str, workers: tuple[str, str, str], voc_root: Path, tmp_path: Path, subprocess_env: dict[str, str]
 ) -> None:
+    """``workers``: DataLoader workers of the interrupted, the resumed and the reference run (the data of an
+    iteration do not depend on them)."""
     out = tmp_path / "preempted"
-    proc = subprocess.Popen(_argv(task, voc_root, out, "--iterations", "100000"), env=subprocess_env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    first = _argv(task, voc_root, out, "--iterations", "100000", "--workers", workers[0])
+    proc = subprocess.Popen(first, env=subprocess_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 1200
     while not list((out / "checkpoints").glob("*.pt")):
         assert proc.poll() is None, proc.communicate()[1][-3000:]
@@ -52,9 +58,9 @@ def test_sigterm_then_resume_is_bit_identical(
     stopped = load_checkpoint(ckpt_path)["iteration"]
     assert stopped >= 2 and not list(out.glob("*_seed0*.json"))  # no record for an unfinished run
     target = str(stopped + 2)
-    _run(_argv(task, voc_root, out, "--iterations", target, "--resume"), subprocess_env)
+    _run(_argv(task, voc_root, out, "--iterations", target, "--resume", "--workers", workers[1]), subprocess_env)
     reference = tmp_path / "reference"
-    _run(_argv(task, voc_root, reference, "--iterations", target), subprocess_env)
+    _run(_argv(task, voc_root, reference, "--iterations", target, "--workers", workers[2]), subprocess_env)
     assert not list((out / "checkpoints").glob("*.pt"))  # removed once the record was written
     a = load_checkpoint(out / FINAL_MODEL[task])["model"]
     b = load_checkpoint(reference / FINAL_MODEL[task])["model"]
@@ -82,6 +88,31 @@ def test_a_left_checkpoint_needs_resume_and_a_bad_one_is_named(
     assert err.startswith("bench transfer: error:") and str(left) in err
 
 
+@pytest.mark.parametrize("task", ["cls", "det"])
+def test_a_checkpoint_of_the_old_samplers_is_refused_in_one_line(
+    task: str, voc_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A checkpoint without a version (written while batches came from shuffling loaders, cls with its data-stream
+    position) cannot be continued: --resume says to rerun without it, before any training."""
+    from benchmarks.cli import main
+    from pretrain.checkpoint import atomic_torch_save
+    from transfer.config import TransferRun
+    from transfer.resumable import TRANSFER_CHECKPOINT_FORMAT
+
+    out = tmp_path / "out"
+    left = out / "checkpoints" / f"{TransferRun(str(voc_root), 'random', str(out)).key(task)}.pt"
+    old = {"format": TRANSFER_CHECKPOINT_FORMAT, "iteration": 2, "model": {}, "optimizer": {}, "rng": {}}
+    old |= {"stream": {"epoch_start": [torch.Generator().get_state()], "taken": 1}} if task == "cls" else {}
+    atomic_torch_save(old, left)
+    argv = ["transfer", "--task", task, "--voc-root", str(voc_root), "--weights", "random", "--out", str(out),
+            "--preset", "smoke", "--iterations", "4", "--resume", *TASK_ARGS[task]]  # fmt: skip
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("bench transfer: error:") and str(left) in last and "rerun without --resume" in last
+    assert "Traceback" not in err and left.is_file()  # the file is the user's to delete
+
+
 def _torchrun(argv: list[str]) -> list[str]:
     """``argv`` (``python -m benchmarks.cli ...``) launched as 2 gloo processes by torchrun."""
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m"]
@@ -93,8 +124,8 @@ def _torchrun(argv: list[str]) -> list[str]:
 def test_sigterm_then_resume_under_torchrun_is_bit_identical(
     task: str, voc_root: Path, tmp_path: Path, subprocess_env: dict[str, str]
 ) -> None:
-    """Two processes: every rank's RNG states and data-stream position are in the checkpoint, so a resumed torchrun
-    run continues each rank's dropout, augmentation and batch order where they stopped."""
+    """Two processes: every rank's RNG states are in the checkpoint and the sampler gives each rank's share of any
+    iteration, so a resumed torchrun run continues each rank's dropout, augmentation and batch order."""
     out = tmp_path / "preempted"
     cpu = ["--device", "cpu", "--batch-size", "4"]
     proc = subprocess.Popen(_torchrun(_argv(task, voc_root, out, "--iterations", "100000", *cpu)),

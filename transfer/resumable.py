@@ -1,84 +1,30 @@
 """Checkpoints of transfer training (classification fine-tuning, Fast R-CNN), so that a preempted run continues.
 
 ``bench transfer --task cls|det`` keeps one rolling checkpoint per run in ``OUT/checkpoints/`` (model, optimizer,
-iteration and, for every process of the run, its RNG states and, for classification, its position in the data
-stream), rewritten atomically every ``--checkpoint-every`` iterations and when SIGTERM/SIGINT stops the run
-(``pretrain/preemption.py``). ``--resume`` continues from it, in one process or under torchrun with the same number
-of processes, with the same weights, bit for bit, as a run that never stopped. The checkpoint is removed once the
-run's record is written.
+iteration and, for every process of the run, its RNG states and training statistics), rewritten atomically every
+``--checkpoint-every`` iterations and when SIGTERM/SIGINT stops the run (``pretrain/preemption.py``). The data need
+no state: the seeded iteration sampler (``pretrain/sampling.py``) gives the batch and augmentation of any iteration
+directly. ``--resume`` continues from it, in one process or under torchrun with the same number of processes, with
+the same weights, bit for bit, as a run that never stopped. The checkpoint is removed once the run's record is
+written.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
 
 from pretrain.checkpoint import CheckpointError, atomic_torch_save, load_checkpoint
 from pretrain.distributed import DistributedContext, all_reduce_sum, gather_objects
 from pretrain.engine import rng_state, set_rng_state
 
 TRANSFER_CHECKPOINT_FORMAT = "context-encoders-bench/transfer-checkpoint"
-
-
-class EpochStream:
-    """Mini-batches of a shuffling ``DataLoader`` forever, epoch after epoch, with a resumable position.
-
-    The position is the state of the loader's generator (and of ``generators``, e.g. a sampler's own generator under
-    torchrun) when the current epoch began and the batches taken from it; a resumed stream sets those states,
-    starts the epoch again and skips the batches already taken (they are loaded again, which costs at most one
-    epoch of data loading once). The loader must not keep persistent workers: their random state would carry over
-    from earlier epochs."""
-
-    def __init__(
-        self, loader: DataLoader, state: dict[str, Any] | None = None, generators: Sequence[torch.Generator] = ()
-    ) -> None:
-        if loader.generator is None:
-            raise ValueError("EpochStream needs a DataLoader with a generator")
-        self.loader = loader
-        self.generators = [loader.generator, *(g for g in generators if g is not loader.generator)]
-        self.epoch_start, self.taken = self._states(), 0
-        self._iter: Iterator[Any] | None = None
-        if state is not None:
-            starts = state["epoch_start"]
-            starts = list(starts) if isinstance(starts, (list, tuple)) else [starts]
-            if len(starts) != len(self.generators):
-                raise CheckpointError("the checkpoint's data-stream position does not fit this run's sampler")
-            for g, s in zip(self.generators, starts):
-                g.set_state(s)
-            self.epoch_start, skip = starts, int(state["taken"])
-            self._iter = iter(self.loader)
-            for _ in range(skip):
-                next(self._iter)
-            self.taken = skip
-
-    def __next__(self) -> Any:
-        while True:
-            if self._iter is None:
-                self.epoch_start, self.taken = self._states(), 0
-                self._iter = iter(self.loader)
-            try:
-                batch = next(self._iter)
-            except StopIteration:
-                self._iter = None
-                continue
-            self.taken += 1
-            return batch
-
-    def __iter__(self) -> EpochStream:
-        return self
-
-    def _states(self) -> list[torch.Tensor]:
-        return [g.get_state() for g in self.generators]
-
-    def state(self) -> dict[str, Any]:
-        if self._iter is not None and self.taken >= len(self.loader):  # the epoch is used up: start the next
-            return {"epoch_start": self._states(), "taken": 0}
-        return {"epoch_start": [s.clone() for s in self.epoch_start], "taken": self.taken}
+#: 2: training batches from the seeded iteration sampler (no data-stream state); checkpoints without a version are
+#: 1, written while batches came from shuffling loaders and per-task samplers, and cannot be continued
+TRANSFER_CHECKPOINT_VERSION = 2
 
 
 class TrainingCheckpoint:
@@ -102,12 +48,13 @@ class TrainingCheckpoint:
         return bool(all_reduce_sum(torch.tensor([int(requested)]))[0])
 
     def save(self, iteration: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer, **rank_state: Any) -> Path:
-        """Every rank calls it: each rank's RNG states and ``rank_state`` (its data-stream position, statistics) go
-        into the file rank 0 writes."""
+        """Every rank calls it: each rank's RNG states and ``rank_state`` (its training statistics) go into the file
+        rank 0 writes."""
         ranks = gather_objects({"rng": rng_state(), **rank_state})
         if self.ctx.is_main:
             state = {
                 "format": TRANSFER_CHECKPOINT_FORMAT,
+                "version": TRANSFER_CHECKPOINT_VERSION,
                 "iteration": iteration,
                 "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                 "optimizer": optimizer.state_dict(),
@@ -134,6 +81,11 @@ class TrainingCheckpoint:
         ckpt = load_checkpoint(self.path)
         if ckpt.get("format") != TRANSFER_CHECKPOINT_FORMAT or not {"model", "optimizer", "rng"} <= set(ckpt):
             raise CheckpointError(f"{self.path} is not a complete transfer checkpoint; delete it to start again")
+        if ckpt.get("version", 1) != TRANSFER_CHECKPOINT_VERSION:
+            raise CheckpointError(
+                f"{self.path} was written by an earlier version of this suite, which ordered the training batches "
+                "differently, so it cannot be continued; delete it and rerun without --resume"
+            )
         saved = ckpt.get("settings") or {}
         changed = sorted(k for k in self.settings if k in saved and saved[k] != self.settings[k])
         if changed:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,11 +40,11 @@ from torch.utils.data import DataLoader, Dataset
 from pretrain.data import aspect_problem
 from pretrain.distributed import DistributedContext, all_reduce_sum
 from pretrain.engine import set_rng_state
+from pretrain.sampling import SampleKey
 from transfer.classification.config import ClassificationConfig
 from transfer.engine import NonFiniteLossError, autocast, caffe_param_groups, set_learning_rate, step_lr
 from transfer.input_norm import normalize_image
 from transfer.rescale import between_layer_scale_correction, within_layer_init_
-from transfer.resumable import EpochStream
 from transfer.voc import (
     VOC_CLASSES,
     VOCError,
@@ -146,8 +146,8 @@ def resolve_classes(spec: str, year_dir: Path, split: str) -> tuple[str, ...]:
 
 
 class VOCClassificationTrain(Dataset):
-    """Training views: ``(image [3, crop, crop], labels [C] int8)``; randomness from the worker's torch RNG (seeded
-    through the DataLoader's generator)."""
+    """Training views: ``(image [3, crop, crop], labels [C] int8)`` of the sampler's keys ``(index, view, seed)``;
+    the scale, crop and flip are drawn from the key's seed (the same in any worker process)."""
 
     def __init__(self, items: list[VOCItem], cfg: ClassificationConfig) -> None:
         self.items, self.cfg = items, cfg
@@ -155,9 +155,10 @@ class VOCClassificationTrain(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        item = self.items[i]
-        rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,))))
+    def __getitem__(self, key: SampleKey) -> tuple[torch.Tensor, torch.Tensor]:
+        index, _, seed = key
+        item = self.items[index]
+        rng = np.random.default_rng(seed)
         view = random_view(load_image(item.path), self.cfg.crop_size, self.cfg.min_scale, self.cfg.max_scale, rng)
         return normalize_image(view, self.cfg.input_norm), torch.from_numpy(item.labels.astype(np.int64))
 
@@ -385,17 +386,15 @@ def finetune(
     ctx: DistributedContext | None = None,
     resume: dict[str, Any] | None = None,
     after_step: Callable[[int, torch.optim.Optimizer, dict[str, Any]], None] | None = None,
-    stream_generators: Sequence[torch.Generator] = (),
 ) -> dict[str, float]:
     """Run ``cfg.iterations`` SGD steps; abort on a non-finite loss. Returns summary statistics.
 
     Under torchrun (``ctx.distributed``) the model is wrapped in DistributedDataParallel, which first copies rank
-    0's weights to every rank and then averages gradients; ``loader`` must yield this rank's share of each global
-    batch (:class:`pretrain.distributed.RankBatches`), so that the averaged gradient is the global batch's.
-    ``resume``: this rank's view of a training checkpoint (``transfer/resumable.py``) to continue from, bit for
-    bit; ``after_step(done, optimizer, state)`` runs after each iteration with what a checkpoint needs besides model
-    and optimizer; ``stream_generators``: generators besides the loader's whose state orders the batches (a
-    sampler's own one under torchrun), kept in the data-stream position."""
+    0's weights to every rank and then averages gradients. ``loader`` yields this rank's share of the batches of the
+    iterations still to run, from the resumed one on (an :class:`pretrain.sampling.IterationBatchSampler` started
+    there), so that the averaged gradient is the global batch's. ``resume``: this rank's view of a training
+    checkpoint (``transfer/resumable.py``) to continue from, bit for bit; ``after_step(done, optimizer, state)`` runs
+    after each iteration with what a checkpoint needs besides model and optimizer."""
     model.to(device).train()
     if cfg.train_from != "all":
         model.features.eval()  # frozen trunk (no dropout/BN inside; kept explicit)
@@ -410,13 +409,11 @@ def finetune(
         opt.load_state_dict(resume["optimizer"])
         begin = int(resume["iteration"])
         ema, first, last = (resume.get("stats") or {}).get("ema_first_last", (math.nan,) * 3)
-    batches = EpochStream(loader, resume["stream"] if resume is not None else None, stream_generators)
-    if resume is not None:  # after the stream's fast-forward, which may draw from the global RNG
+    if resume is not None:
         set_rng_state(resume["rng"])
     start = time.perf_counter()
-    for it in range(begin, cfg.iterations):
+    for it, (images, labels) in zip(range(begin, cfg.iterations), loader):
         lr = set_learning_rate(opt, lr_at(it, cfg))
-        images, labels = next(batches)
         value, grad_norm = train_step(net, opt, params, images, labels, cfg, device, it)
         if net is not model:  # report the global batch's loss (the mean of the ranks' equal shares)
             value = float(all_reduce_sum(torch.tensor([value], dtype=torch.float64))[0]) / ctx.world_size  # type: ignore[union-attr]
@@ -426,7 +423,7 @@ def finetune(
         if progress is not None:
             progress(it, {"loss": value, "loss_avg": ema, "lr": lr, "grad_norm": grad_norm})
         if after_step is not None:
-            after_step(it + 1, opt, {"stream": batches.state(), "stats": {"ema_first_last": (ema, first, last)}})
+            after_step(it + 1, opt, {"stats": {"ema_first_last": (ema, first, last)}})
     return {
         "loss_first": first,
         "loss_last": last,

@@ -11,13 +11,14 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
-from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Subset
+from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from pretrain.checkpoint import atomic_torch_save, load_checkpoint
-from pretrain.distributed import DistributedContext, RankBatches, gather_rows, shard_indices
+from pretrain.distributed import DistributedContext, gather_rows, shard_indices
 from pretrain.preemption import Preempted, PreemptionGuard, ignore_stop_signals
 from pretrain.runinfo import utc_now_iso
+from pretrain.sampling import IterationBatchSampler
 from transfer.classification import (
     VOCClassificationEval,
     VOCClassificationTrain,
@@ -40,7 +41,9 @@ from transfer.voc import resolve_year_dir
 from transfer.weights import WeightsInfo, load_alexnet_trunk
 
 PROTOCOL_ID = "voc07-cls-finetune"
-PROTOCOL_VERSION = 2  # v2: krahenbuhl AP = scikit-learn <= 0.18's trapezoids; VOC07 thresholds as MATLAB's 0:0.1:1
+#: v2: krahenbuhl AP = scikit-learn <= 0.18's trapezoids; VOC07 thresholds as MATLAB's 0:0.1:1; v3: batches and
+#: augmentation from the one seeded iteration sampler (pretrain/sampling.py)
+PROTOCOL_VERSION = 3
 
 #: What each AP definition is, for the record's description.
 AP_DESCRIPTIONS = {
@@ -106,31 +109,25 @@ def stored_ap_methods(primary: str) -> list[tuple[str, str]]:
 
 
 def _train_loader(
-    dataset: Any, batch_size: int, seed: int, workers: int, ctx: DistributedContext, pin: bool
-) -> tuple[DataLoader, torch.Generator]:
-    """Seeded shuffled batches; under torchrun every rank draws the same global batches and takes its share.
-    Returns the loader and the generator that orders the batches (the loader's own one in one process)."""
-    gen = torch.Generator().manual_seed(seed)
-    batches: Any = BatchSampler(RandomSampler(dataset, generator=gen), batch_size, len(dataset) >= batch_size)
-    loader_gen = gen
-    if ctx.distributed:
-        if batch_size % ctx.world_size or len(dataset) < batch_size:
-            raise ProtocolError(
-                f"--batch-size {batch_size} must be a multiple of the {ctx.world_size} processes and at most "
-                f"the {len(dataset)} training images"
-            )
-        batches = RankBatches(batches, ctx.rank, ctx.world_size)
-        loader_gen = torch.Generator().manual_seed(seed * 1000 + ctx.rank)  # worker seeds differ between ranks
-    loader = DataLoader(
+    dataset: Any, batch_size: int, seed: int, start: int, end: int, workers: int, ctx: DistributedContext, pin: bool
+) -> DataLoader:
+    """This rank's share of the seeded batches of iterations ``start .. end-1`` (``pretrain/sampling.py``); under
+    torchrun every rank computes the same global batches and takes its share."""
+    if batch_size % ctx.world_size:
+        raise ProtocolError(f"--batch-size {batch_size} must be a multiple of the {ctx.world_size} processes")
+    sampler = IterationBatchSampler(
+        len(dataset), batch_size // ctx.world_size, start, end, seed, ctx.rank, ctx.world_size
+    )
+    return DataLoader(
         dataset,
-        batch_sampler=batches,
+        batch_sampler=sampler,
         num_workers=workers,
-        generator=loader_gen,
-        persistent_workers=False,  # workers seeded afresh each epoch: what makes --resume bit for bit
+        # its own generator: starting the loader must not draw from the global RNG that dropout uses, or a resumed
+        # run's dropout would be one draw off
+        generator=torch.Generator().manual_seed(seed),
         pin_memory=pin,
         worker_init_fn=ignore_stop_signals,
     )
-    return loader, gen
 
 
 def run_classification(cfg: ClassificationConfig, run: TransferRun, ctx: DistributedContext) -> dict[str, Any]:
@@ -156,11 +153,12 @@ def run_classification(cfg: ClassificationConfig, run: TransferRun, ctx: Distrib
         if pretrained_fc:
             log(f"fc layers from {winfo.source}: {', '.join(pretrained_fc)}")
     trained = model.set_trainable(cfg.train_from)
-    if ctx.distributed:  # augmentation and dropout differ between ranks, reproducibly
+    if ctx.distributed:  # dropout differs between ranks, reproducibly
         torch.manual_seed(run.seed * 1000 + ctx.rank)
-    train_loader, order_generator = _train_loader(
-        VOCClassificationTrain(train_items, cfg), cfg.batch_size, run.seed, cfg.workers, ctx, device.type == "cuda"
-    )
+    train_set = VOCClassificationTrain(train_items, cfg)
+    start = int(resume["iteration"]) if resume is not None else 0
+    pin = device.type == "cuda"
+    train_loader = _train_loader(train_set, cfg.batch_size, run.seed, start, cfg.iterations, cfg.workers, ctx, pin)
     log(
         f"cls: {len(train_items)} {cfg.train_split} / {len(eval_items)} {cfg.eval_split} images, {len(classes)} "
         f"classes, weights {winfo.source} ({winfo.method}), device {device}, trained params: {len(trained)} tensors"
@@ -170,11 +168,9 @@ def run_classification(cfg: ClassificationConfig, run: TransferRun, ctx: Distrib
 
     rescale_report: dict[str, Any] | None = None
     if cfg.rescale:
-        batches = []
-        for images, _ in train_loader:
-            batches.append(images)
-            if len(batches) >= cfg.rescale_batches:
-                break
+        # the batches of the first iterations, also when resuming (the report is the same as the first run's)
+        first = _train_loader(train_set, cfg.batch_size, run.seed, 0, cfg.rescale_batches, cfg.workers, ctx, pin)
+        batches = [images for images, _ in first]
         model.to(device)
         rescale_report = rescale_for_finetuning(
             model,
@@ -203,9 +199,8 @@ def run_classification(cfg: ClassificationConfig, run: TransferRun, ctx: Distrib
                 if stop:
                     raise Preempted(guard.signal_name or "a signal to another process", done, str(path))
 
-        bar.update(resume["iteration"] if resume is not None else 0)
-        train_stats = finetune(model, train_loader, cfg, device, on_step, ctx, resume=resume, after_step=after_step,
-                               stream_generators=[order_generator])  # fmt: skip
+        bar.update(start)
+        train_stats = finetune(model, train_loader, cfg, device, on_step, ctx, resume=resume, after_step=after_step)
     bar.close()
     model_path = None
     if cfg.save_model and ctx.is_main:

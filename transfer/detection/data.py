@@ -25,7 +25,7 @@ that vanish after clipping are dropped, images without objects and images withou
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from pretrain.sampling import SampleKey
 from transfer.detection.boxes import BoxCoder, box_iou_inclusive, flip_boxes
 from transfer.input_norm import normalize_array
 from transfer.voc import VOC_CLASSES, VOCError, image_path, load_annotation, read_image_set
@@ -234,8 +235,15 @@ def has_training_rois(image: DetectionImage, sampler: RoISampler) -> bool:
     return bool(((max_iou >= sampler.fg_threshold) | (max_iou >= sampler.bg_threshold[0])).any())
 
 
+def train_views(flip: bool) -> int:
+    """Views of each training image in the sampler's epochs: as is (view 0) and, with ``flip``, mirrored (view 1),
+    so that an epoch holds every image once in each view as Fast R-CNN's flipped roidb does."""
+    return 2 if flip else 1
+
+
 class DetectionTrainSet(torch.utils.data.Dataset):
-    """Indexed by ``(image index, flipped, sampling seed)``; returns one image's blob and its sampled RoIs."""
+    """Indexed by the sampler's keys ``(image index, view, seed)``: view 1 is the image mirrored (Fast R-CNN's
+    flipped roidb, :func:`train_views`), the seed draws its RoI sample; returns one image's blob and its RoIs."""
 
     def __init__(
         self,
@@ -252,8 +260,9 @@ class DetectionTrainSet(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, key: tuple[int, bool, int]) -> dict[str, torch.Tensor]:
-        index, flip, seed = key
+    def __getitem__(self, key: SampleKey) -> dict[str, torch.Tensor]:
+        index, view, seed = key
+        flip = view == 1
         item = self.images[index]
         image, factor, (w, _) = load_scaled_image(item.path, self.scale, self.max_size, self.norm, flip)
         train = ~item.difficult
@@ -283,33 +292,3 @@ def collate_detection(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.T
         "labels": torch.cat([it["labels"] for it in items]),
         "targets": torch.cat([it["targets"] for it in items]),
     }
-
-
-class TrainBatchSampler(torch.utils.data.Sampler[list[tuple[int, bool, int]]]):
-    """``iterations`` mini-batches of ``images_per_batch`` keys; each epoch shuffles every image once as is and once
-    flipped (Fast R-CNN's flipped roidb). Deterministic in ``seed``; ``start`` skips already-done iterations."""
-
-    def __init__(
-        self, num_images: int, images_per_batch: int, iterations: int, seed: int, flip: bool = True, start: int = 0
-    ) -> None:
-        if num_images == 0:
-            raise ValueError("no training images with foreground or background RoIs")
-        self.n, self.per_batch, self.iterations = num_images, images_per_batch, iterations
-        self.seed, self.flip, self.start = seed, flip, start
-
-    def __len__(self) -> int:
-        return max(0, self.iterations - self.start)
-
-    def __iter__(self) -> Iterator[list[tuple[int, bool, int]]]:
-        rng = np.random.default_rng(self.seed)
-        entries = [(i, f) for f in ((False, True) if self.flip else (False,)) for i in range(self.n)]
-        queue: list[tuple[int, bool]] = []
-        for it in range(self.iterations):
-            batch = []
-            for slot in range(self.per_batch):
-                if not queue:
-                    queue = [entries[j] for j in rng.permutation(len(entries))]
-                i, f = queue.pop()
-                batch.append((i, f, (self.seed * 1_000_003 + it * 131 + slot) % (2**63)))
-            if it >= self.start:
-                yield batch

@@ -11,7 +11,8 @@ implementation of the model and solver:
   from :func:`transfer.detection.data.load_detection_split`; training images without foreground or background RoIs
   left out, difficult objects not trained on);
 - the same image scaling (:func:`~transfer.detection.data.image_scale`, bilinear) and horizontal flips, and the
-  same order of images and flips (:class:`~transfer.detection.data.TrainBatchSampler` with the same seed);
+  same order of images and flips (:class:`pretrain.sampling.IterationBatchSampler` with the same seed and
+  :func:`~transfer.detection.data.train_views`);
 - the same starting weights: the torchvision engine's model is built with the same seed (fc6/fc7/predictor
   fillers and, with ``rescale``, Krähenbühl's rescaling) and copied over;
 - the same scoring: the suite's VOC07 AP (:func:`~transfer.detection.evaluate.score_detections`); detectron2's
@@ -39,9 +40,10 @@ from PIL import Image
 from torch import nn
 
 from pretrain.checkpoint import atomic_torch_save, atomic_write_text
+from pretrain.sampling import IterationBatchSampler, SampleKey
 from transfer.config import ProtocolError
 from transfer.detection.boxes import clip_boxes, flip_boxes
-from transfer.detection.data import DetectionImage, TrainBatchSampler, image_scale
+from transfer.detection.data import DetectionImage, image_scale, train_views
 from transfer.detection.evaluate import score_detections
 from transfer.engine import NonFiniteLossError
 from transfer.voc import VOC_CLASSES, VOCError
@@ -215,7 +217,7 @@ def _instances(image_size: tuple[int, int], **fields: Any) -> Any:
 
 
 class Detectron2TrainSet(torch.utils.data.Dataset):
-    """detectron2 input dicts keyed as :class:`TrainBatchSampler` yields them, ``(image index, flipped, seed)``:
+    """detectron2 input dicts keyed as the sampler yields them, ``(image index, view, seed)`` (view 1 = mirrored):
     the scaled image, its non-difficult ground truth (class ids 0..19) and its proposals in the scaled image."""
 
     def __init__(self, images: Sequence[DetectionImage], settings: Detectron2Settings, fmt: str) -> None:
@@ -224,8 +226,9 @@ class Detectron2TrainSet(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, key: tuple[int, bool, int]) -> dict[str, Any]:
-        index, flip, _ = key
+    def __getitem__(self, key: SampleKey) -> dict[str, Any]:
+        index, view, _ = key
+        flip = view == 1
         item = self.images[index]
         image, factor, w, _ = _pixels(item.path, self.settings.scale, self.settings.max_size, self.fmt, flip)
         train = ~item.difficult
@@ -258,7 +261,8 @@ def train_detectron2(
     torch.manual_seed(seed)  # detectron2 samples RoIs with the global generator
     optimizer = build_optimizer(cfg, model)
     scheduler = build_lr_scheduler(cfg, optimizer)
-    batches = TrainBatchSampler(len(images), settings.images_per_batch, settings.iterations, seed, settings.flip)
+    views = train_views(settings.flip)
+    batches = IterationBatchSampler(len(images), settings.images_per_batch, 0, settings.iterations, seed, views=views)
     loader = torch.utils.data.DataLoader(
         Detectron2TrainSet(images, settings, cfg.INPUT.FORMAT),
         batch_sampler=batches,

@@ -17,25 +17,20 @@ import torch
 from tqdm import tqdm
 
 from pretrain.checkpoint import atomic_torch_save
-from pretrain.distributed import (
-    DistributedContext,
-    RankBatches,
-    barrier,
-    gather_objects,
-    shard_indices,
-)
+from pretrain.distributed import DistributedContext, barrier, gather_objects, shard_indices
 from pretrain.preemption import Preempted, PreemptionGuard, ignore_stop_signals
 from pretrain.runinfo import utc_now_iso
+from pretrain.sampling import IterationBatchSampler
 from transfer.config import ProtocolError, TransferRun
 from transfer.detection.config import RESUME_MUTABLE, DetectionConfig
 from transfer.detection.data import (
     DetectionImage,
     DetectionTrainSet,
     RoISampler,
-    TrainBatchSampler,
     collate_detection,
     has_training_rois,
     load_detection_split,
+    train_views,
 )
 from transfer.detection.detectron2_engine import check_engine, run_detectron2, settings_from_options
 from transfer.detection.evaluate import EvalConfig, detect_image, score_detections, write_voc_results
@@ -50,7 +45,9 @@ from transfer.voc import VOC_CLASSES, VOCError, image_path, load_annotation, rea
 from transfer.weights import load_alexnet_trunk
 
 PROTOCOL_ID = "voc07-fast-rcnn"
-PROTOCOL_VERSION = 2  # v2: 11-point recall levels as MATLAB's 0:0.1:1 (v1 used numpy's rounding)
+#: v2: 11-point recall levels as MATLAB's 0:0.1:1 (v1 used numpy's rounding); v3: mini-batches, flips and RoI
+#: samples from the one seeded iteration sampler (pretrain/sampling.py)
+PROTOCOL_VERSION = 3
 PROTOCOL_DESCRIPTION = (
     "Fast R-CNN (Girshick 2015) on the transferred AlexNet conv1-conv5, RoI max pooling 6x6 at stride 16, fc6/fc7 "
     "re-initialised; selective-search proposals; 2 images x 64 RoIs (25% fg IoU>=0.5, bg IoU [0.1,0.5)), flip; SGD "
@@ -274,12 +271,13 @@ def _torchvision_engine(
     optimizer = torch.optim.SGD(caffe_param_groups(model, cfg.lr, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum)
     start = int(resume["iteration"]) if resume is not None else 0
     dataset = DetectionTrainSet(usable, cfg.scale, cfg.max_size, cfg.input_norm, sampler)
-    batches: Any = TrainBatchSampler(len(usable), cfg.batch_size, cfg.iterations, run.seed, start=start)
+    if cfg.batch_size % ctx.world_size:
+        raise ProtocolError(f"--batch-size {cfg.batch_size} must be a multiple of the {ctx.world_size} processes")
+    # every rank computes the same global mini-batches and trains on its share of each (pretrain/sampling.py)
+    batches = IterationBatchSampler(len(usable), cfg.batch_size // ctx.world_size, start, cfg.iterations, run.seed,
+                                    ctx.rank, ctx.world_size, views=train_views(flip=True))  # fmt: skip
     net: torch.nn.Module = model
-    if ctx.distributed:  # every rank draws the same global mini-batches and trains on its images of each
-        if cfg.batch_size % ctx.world_size:
-            raise ProtocolError(f"--batch-size {cfg.batch_size} must be a multiple of the {ctx.world_size} processes")
-        batches = RankBatches(batches, ctx.rank, ctx.world_size)
+    if ctx.distributed:
         torch.manual_seed(run.seed * 1000 + ctx.rank)  # dropout masks differ between ranks, reproducibly
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None

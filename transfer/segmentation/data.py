@@ -28,6 +28,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from pretrain.sampling import SampleKey
 from transfer.input_norm import normalize_image
 from transfer.voc import (
     IGNORE_LABEL,
@@ -171,9 +172,9 @@ class SegmentationDataset(Dataset):
     Training (``train=True``): horizontal flip with probability 1/2 (the FCN paper tried mirroring and jittering and
     saw no gain; the suite mirrors by default, ``--seg-no-flip`` turns it off), and with ``crop_size`` a random
     square crop, padding with zeros (the mean) / 255 where the image is smaller, so that a batch can be stacked.
-    Randomness comes from ``seed`` and the draw: training samplers index a virtual dataset of
-    ``len(items) * epochs`` entries (``index = epoch * len(items) + i``), so every draw has its own augmentation
-    and runs are reproducible with any number of workers.
+    Randomness comes from the key: training items are indexed by the sampler's ``SampleKey`` (``pretrain/sampling.py``)
+    and the flip and crop are drawn from its seed, so every draw has its own augmentation and runs are reproducible
+    with any number of workers. Evaluation items are indexed by their position.
     """
 
     def __init__(
@@ -184,25 +185,26 @@ class SegmentationDataset(Dataset):
         input_norm: str = "minus1to1",
         flip: bool = True,
         crop_size: int | None = None,
-        seed: int = 0,
     ) -> None:
         self.items = items
         self.train = train
         self.input_norm = input_norm
         self.flip = flip
         self.crop_size = crop_size
-        self.seed = seed
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, str]:
-        item = self.items[index % len(self.items)]
+    def __getitem__(self, key: int | SampleKey) -> tuple[torch.Tensor, torch.Tensor, str]:
+        index, seed = (key[0], key[2]) if isinstance(key, tuple) else (key, None)
+        if self.train and seed is None:
+            raise TypeError("a training SegmentationDataset is indexed by sampler keys (index, view, seed)")
+        item = self.items[index]
         image = load_image(item.image)
         mask = torch.from_numpy(load_mask(item, image.size).astype(np.int64))
         x = normalize_image(image, self.input_norm)
-        if self.train:
-            gen = torch.Generator().manual_seed((self.seed * 1_000_003 + index) % 2**63)
+        if self.train and seed is not None:
+            gen = torch.Generator().manual_seed(seed)
             if self.flip and torch.rand((), generator=gen) < 0.5:
                 x, mask = x.flip(-1), mask.flip(-1)
             if self.crop_size is not None:

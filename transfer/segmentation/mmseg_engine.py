@@ -39,6 +39,7 @@ from torch.utils.data import DataLoader, Dataset
 from pretrain.checkpoint import atomic_write_bytes
 from pretrain.distributed import DistributedContext
 from pretrain.runinfo import sha256_file, utc_now_iso
+from pretrain.sampling import IterationBatchSampler, SampleKey, seeded_rngs
 from transfer.config import TransferRun
 from transfer.input_norm import CAFFE_BGR_MEAN, IMAGENET_MEAN, IMAGENET_STD, resolve_input_norm
 from transfer.records import validate_record, write_record
@@ -47,7 +48,6 @@ from transfer.segmentation.data import SegItem, build_train_items, check_items, 
 from transfer.segmentation.evaluate import save_prediction_png
 from transfer.segmentation.model import FCN, build_fcn, rescale_fcn
 from transfer.segmentation.protocol import SegmentationError, build_record
-from transfer.segmentation.train import TrainBatchSampler
 from transfer.segmentation_iou import confusion_matrix
 from transfer.voc import IGNORE_LABEL, SEG_CLASSES
 from transfer.weights import load_alexnet_trunk
@@ -215,21 +215,22 @@ def build_model(config: dict[str, Any]) -> Any:
 
 
 class PipelineItems(Dataset):
-    """Items through an mmseg pipeline. Index ``i`` is item ``i % len(items)``; the numpy generator mmcv's random
-    transforms draw from is seeded from the seed and ``i``, so runs repeat with any number of workers."""
+    """Items through an mmseg pipeline. Evaluation items are indexed by position; training items by the sampler's
+    ``SampleKey``, whose seed seeds the global RNGs mmcv's random transforms draw from (numpy's), so runs repeat with
+    any number of workers."""
 
-    def __init__(self, items: list[SegItem], pipeline: list[dict[str, Any]], seed: int = 0) -> None:
+    def __init__(self, items: list[SegItem], pipeline: list[dict[str, Any]]) -> None:
         from mmcv.transforms import Compose
 
-        self.items, self.seed = items, seed
+        self.items = items
         self.pipeline = Compose(pipeline)
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        item = self.items[index % len(self.items)]
-        np.random.seed((self.seed * 1_000_003 + index) % 2**32)
+    def __getitem__(self, key: int | SampleKey) -> dict[str, Any]:
+        index, seed = (key[0], key[2]) if isinstance(key, tuple) else (key, None)
+        item = self.items[index]
         info: dict[str, Any] = {
             "img_path": str(item.image),
             "seg_map_path": str(item.mask),
@@ -238,7 +239,10 @@ class PipelineItems(Dataset):
             "seg_fields": [],
             "image_id": item.image_id,
         }
-        return self.pipeline(info)
+        if seed is None:
+            return self.pipeline(info)
+        with seeded_rngs(seed):
+            return self.pipeline(info)
 
 
 def _unlist(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -269,9 +273,11 @@ def train_mmseg(
         model,
         optim_wrapper_config(cfg.lr, cfg.momentum, cfg.weight_decay, cfg.batch_size),
     )
-    dataset = PipelineItems(items, pipeline_config(train=True, flip=cfg.flip, crop_size=cfg.crop_size), seed)
-    sampler = TrainBatchSampler(len(items), cfg.iterations, cfg.batch_size, seed, 0, 1)
-    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=_unlist, num_workers=cfg.workers)
+    dataset = PipelineItems(items, pipeline_config(train=True, flip=cfg.flip, crop_size=cfg.crop_size))
+    sampler = IterationBatchSampler(len(items), cfg.batch_size, 0, cfg.iterations, seed)
+    loader = DataLoader(
+        dataset, batch_sampler=sampler, collate_fn=_unlist, num_workers=cfg.workers, generator=torch.Generator()
+    )
     bar: Any = None
     if cfg.progress:
         from tqdm import tqdm

@@ -33,7 +33,7 @@ from transfer.segmentation_iou import per_class_iou, segmentation_scores
 from transfer.voc import SEG_CLASSES
 from transfer.weights import load_alexnet_trunk
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # v2: batches and augmentation from the one seeded iteration sampler (pretrain/sampling.py)
 
 
 class SegmentationError(ProtocolError):
@@ -133,7 +133,6 @@ def run_segmentation(cfg: SegmentationConfig, run: TransferRun, ctx: Distributed
             input_norm=cfg.input_norm,
             flip=cfg.flip,
             crop_size=cfg.crop_size,
-            seed=run.seed,
         )
         train_summary = train_fcn(
             model,

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Iterator
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Literal
@@ -28,10 +27,11 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from pretrain.distributed import DistributedContext
+from pretrain.sampling import IterationBatchSampler
 from transfer.engine import NonFiniteLossError, autocast, caffe_param_groups, unwrap
 from transfer.segmentation.data import SegmentationDataset, collate_list
 from transfer.voc import IGNORE_LABEL
@@ -111,35 +111,6 @@ def train_step(
     return total / len(samples)
 
 
-class TrainBatchSampler(Sampler[list[int]]):
-    """Per-rank batches for ``iterations`` updates: each epoch is a seeded permutation of the items, dealt out
-    round-robin to the ranks; indices are ``epoch * n + i`` (the dataset draws each one's augmentation from it)."""
-
-    def __init__(self, n: int, iterations: int, per_rank_batch: int, seed: int, rank: int, world_size: int) -> None:
-        self.n, self.iterations, self.per_rank = n, iterations, per_rank_batch
-        self.seed, self.rank, self.world = seed, rank, world_size
-        if n < world_size:
-            raise ValueError(f"{n} training images cannot be shared by {world_size} processes")
-
-    def __len__(self) -> int:
-        return self.iterations
-
-    def _stream(self) -> Iterator[int]:
-        epoch = 0
-        while True:
-            order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 7919 + epoch))
-            # every rank walks the same permutation; rank r takes positions r, r + world, ... (the remainder
-            # of n / world is left out of this epoch so that ranks hold equal shares, as DistributedSampler does)
-            for pos in range(self.rank, self.n - self.n % self.world, self.world):
-                yield epoch * self.n + int(order[pos])
-            epoch += 1
-
-    def __iter__(self) -> Iterator[list[int]]:
-        stream = self._stream()
-        for _ in range(self.iterations):
-            yield [next(stream) for _ in range(self.per_rank)]
-
-
 def train_fcn(
     model: nn.Module,
     dataset: SegmentationDataset,
@@ -172,7 +143,7 @@ def train_fcn(
         ddp_args: dict[str, Any] = {"device_ids": [ctx.device]} if ctx.device.type == "cuda" else {}
         model = nn.parallel.DistributedDataParallel(model, **ddp_args)
     optimizer = build_optimizer(model, lr, momentum, weight_decay)
-    sampler = TrainBatchSampler(len(dataset), iterations, per_rank, seed, ctx.rank, ctx.world_size)
+    sampler = IterationBatchSampler(len(dataset), per_rank, 0, iterations, seed, ctx.rank, ctx.world_size)
     loader = DataLoader(
         dataset,
         batch_sampler=sampler,
@@ -180,6 +151,7 @@ def train_fcn(
         num_workers=workers,
         pin_memory=ctx.device.type == "cuda",
         persistent_workers=workers > 0,
+        generator=torch.Generator(),  # the loader's base seed is not drawn from the global RNG dropout uses
     )
     show = progress and ctx.is_main
     bar: Any = None
