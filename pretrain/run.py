@@ -19,7 +19,7 @@ from tqdm import tqdm
 from pretrain import engine, sampling
 from pretrain.checkpoint import atomic_write_json
 from pretrain.config import PretrainConfig
-from pretrain.data import build_pretrain_dataset
+from pretrain.data import UnlabeledImageDataset, build_pretrain_dataset
 from pretrain.distributed import barrier, cleanup_distributed, init_distributed
 from pretrain.encoder_health import dead_warning, encoder_dead_channels
 from pretrain.export import EXPORT_NAME, export_checkpoint
@@ -36,6 +36,10 @@ class PretrainFailed(RuntimeError):
 def _dead_channels(method: Any, config: PretrainConfig, dataset: Any) -> dict[str, float]:
     """The trained encoder's dead-channel fractions per convolution (``pretrain/encoder_health.py``) on up to 64
     training images (fixed crops: seed 0), with a warning on stderr where most of a layer's channels are dead."""
+    if isinstance(dataset, UnlabeledImageDataset):  # the same crops without writing into a --cache-dir
+        dataset = UnlabeledImageDataset(
+            dataset.paths[:64], dataset.crop_size, dataset.resize_short, flip=dataset.flip, scan=False
+        )
     with sampling.seeded_rngs(0):
         images = torch.stack([dataset[i] for i in range(min(64, len(dataset)))])
     fractions = encoder_dead_channels(method.encoder_state_dict(), config.widths, images)
