@@ -70,11 +70,11 @@ INPAINT_TASK = "inpaint"
 #: record ``config`` keys that change what a protocol's primary metric measures; records that differ in them never
 #: share a cell (svm: the layer whose mAP is the primary metric)
 VARIANT_KEYS = ("primary_layer",)
-#: the bold rule, as the footnotes state it (``{line}``: "column", or "class" in the per-class tables)
+#: the bold rule, as the footnotes state it (``{line}``, ``{lines}``: "column(s)", "class(es)" per class)
 BOLD_RULE = (
     "bold: the best measured mean of a {line}, only where it is ahead of the runner-up by more than the spread of "
     "both (best - its spread > runner-up + its spread, reversed where lower is better); ties, single-seed cells "
-    "(unknown spread; cells of deterministic evaluations without a seed have none) and {line}s with one measured "
+    "(unknown spread; cells of deterministic evaluations without a seed have none) and {lines} with one measured "
     "method are never bold"
 )
 #: metric name parts (split at "_") whose values are percentages, so must lie in [0, 100]
@@ -562,7 +562,7 @@ def build_table2(
     footnotes = [footnotes_by_slot[i] for i in order]
     footnotes.append(
         f"Measured cells: mean ± {_spread_name(ci)} over seeds, n = number of seeds; "
-        f"{BOLD_RULE.format(line='column')}. Metrics in percent."
+        f"{BOLD_RULE.format(line='column', lines='columns')}. Metrics in percent."
     )
     if lead_se:
         footnotes.append(LEAD_RULE + ".")
@@ -672,8 +672,8 @@ def build_table1(
     footnotes = [f"[{letters[i]}] {shown[c].describe()}" for i, c in enumerate(columns)]
     footnotes.append(
         f"Measured cells: mean ± {_spread_name(ci)} over seeds, n = number of seeds; "
-        f"{BOLD_RULE.format(line='column')} (best: lowest L1/L2, highest PSNR). L1/L2 in percent of the [0,1] "
-        "range, PSNR in dB."
+        f"{BOLD_RULE.format(line='column', lines='columns')} (best: lowest L1/L2, highest PSNR). "
+        "L1/L2 in percent of the [0,1] range, PSNR in dB."
     )
     if lead_se:
         footnotes.append(LEAD_RULE + ".")
@@ -807,7 +807,7 @@ def build_per_class_tables(
                 footnotes=[
                     f"{named.describe()}. Cells: mean over seeds (n per method in the header; a cell with fewer seeds "
                     f"shows its own n); 'mean' is the mean of the class means, its spread that of the per-seed class "
-                    f"means; {BOLD_RULE.format(line='class')} (spread: {_spread_name(ci)})."
+                    f"means; {BOLD_RULE.format(line='class', lines='classes')} (spread: {_spread_name(ci)})."
                 ],
                 csv_rows=csv_rows,
             )

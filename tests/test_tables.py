@@ -84,6 +84,8 @@ def test_table2_cells_bold_reported_footnotes(records: Path, tmp_path: Path) -> 
     )
     per_class = next(p for p in (tmp_path / "out").glob("per_class_cls*.md")).read_text()
     assert _row(per_class, "aeroplane")[3] == f"**{mean + 2:.1f}**"
+    assert "and classes with one measured method are never bold" in per_class  # the rule's plural, in words
+    assert "and columns with one measured method are never bold" in md
 
 
 def test_ci_option_uses_student_t(records: Path) -> None:
