@@ -44,10 +44,10 @@ from transfer.config import TransferRun
 from transfer.input_norm import CAFFE_BGR_MEAN, IMAGENET_MEAN, IMAGENET_STD, resolve_input_norm
 from transfer.records import validate_record, write_record
 from transfer.segmentation.config import SegmentationConfig
-from transfer.segmentation.data import SegItem, build_train_items, check_items, load_mask, voc_items
+from transfer.segmentation.data import SegItem, load_mask
 from transfer.segmentation.evaluate import save_prediction_png
 from transfer.segmentation.model import FCN, build_fcn, rescale_fcn
-from transfer.segmentation.protocol import SegmentationError, build_record
+from transfer.segmentation.protocol import SegmentationError, build_record, check_settings, load_items
 from transfer.segmentation_iou import confusion_matrix
 from transfer.voc import IGNORE_LABEL, SEG_CLASSES
 from transfer.weights import load_alexnet_trunk
@@ -400,33 +400,6 @@ def _check_supported(cfg: SegmentationConfig, ctx: DistributedContext) -> None:
         raise SegmentationError("--engine mmseg reads VOC2012 masks only; --sbd-root needs --engine native")
 
 
-def _items(cfg: SegmentationConfig, run: TransferRun) -> tuple[list[SegItem], list[SegItem], list[str]]:
-    """(train items, eval items, skipped messages), checked as the native engine checks them."""
-    train_list = build_train_items(run.voc_root, cfg.train_split, cfg.eval_split, None)
-    eval_all = voc_items(run.voc_root, cfg.eval_split)
-    overlap = {i.image_id for i in train_list.items} & {i.image_id for i in eval_all}
-    if cfg.iterations > 0 and overlap:
-        raise SegmentationError(
-            f"training split {cfg.train_split!r} shares {len(overlap)} images with evaluation split "
-            f"{cfg.eval_split!r} (e.g. {sorted(overlap)[0]}); evaluation must be on held-out images"
-        )
-    train, train_skipped = check_items(train_list.items, run.skip_bad) if cfg.iterations > 0 else ([], [])
-    evals, eval_skipped = check_items(eval_all, run.skip_bad)
-    if cfg.iterations > 0 and not train:
-        raise SegmentationError(f"no usable training image in VOC2012 {cfg.train_split} (all skipped)")
-    if not evals:
-        raise SegmentationError(f"no usable evaluation image in VOC2012 {cfg.eval_split} (all skipped)")
-    return train, evals, train_skipped + eval_skipped
-
-
-def _check_settings(cfg: SegmentationConfig) -> None:
-    """The native engine's own checks of the same settings."""
-    if cfg.iterations < 0:
-        raise SegmentationError(f"--iterations must be >= 0, got {cfg.iterations}")
-    if cfg.crop_size is not None and cfg.crop_size < 1:
-        raise SegmentationError(f"--crop-size must be positive, got {cfg.crop_size}")
-
-
 def _save_model(model: torch.nn.Module, path: Path) -> Path:
     """The trained mmseg model as a native-keyed ``fcn.safetensors`` (what ``--fcn-weights`` and the export read)."""
     state = {k: v.detach().cpu().contiguous() for k, v in mmseg_to_native_state(model.state_dict()).items()}
@@ -439,11 +412,11 @@ def run_mmseg_segmentation(cfg: SegmentationConfig, run: TransferRun, ctx: Distr
     ``fcn32s-voc2012-mmseg``, ``config.engine`` mmseg, ``extra.engine`` naming mmseg and its versions)."""
     versions = require_mmseg()
     _check_supported(cfg, ctx)
-    _check_settings(cfg)
+    check_settings(cfg)
     cfg = replace(cfg, engine=ENGINE)
     started_at, t0 = utc_now_iso(), time.perf_counter()
     torch.manual_seed(run.seed * 1000)
-    train_items, eval_items, skipped = _items(cfg, run)
+    _, train_items, eval_items, skipped = load_items(cfg, run)  # --sbd-root was refused above
     out = Path(run.out)
     out.mkdir(parents=True, exist_ok=True)
 

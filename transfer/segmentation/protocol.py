@@ -25,7 +25,14 @@ from transfer.config import ProtocolError, TransferRun
 from transfer.input_norm import resolve_input_norm
 from transfer.records import make_record, write_record
 from transfer.segmentation.config import SegmentationConfig
-from transfer.segmentation.data import SegmentationDataset, build_train_items, check_items, voc_items
+from transfer.segmentation.data import (
+    ItemList,
+    SegItem,
+    SegmentationDataset,
+    build_train_items,
+    check_items,
+    voc_items,
+)
 from transfer.segmentation.evaluate import evaluate_fcn
 from transfer.segmentation.model import build_fcn, rescale_fcn
 from transfer.segmentation.train import train_fcn
@@ -63,6 +70,35 @@ def _save_fcn_weights(model: torch.nn.Module, path: Path) -> Path:
     return atomic_write_bytes(path, save(state, metadata={"format": "fcn-alexnet", "classes": ",".join(SEG_CLASSES)}))
 
 
+def check_settings(cfg: SegmentationConfig) -> None:
+    """The settings checks every engine makes before any work."""
+    if cfg.iterations < 0:
+        raise SegmentationError(f"--iterations must be >= 0, got {cfg.iterations}")
+    if cfg.crop_size is not None and cfg.crop_size < 1:
+        raise SegmentationError(f"--crop-size must be positive, got {cfg.crop_size}")
+
+
+def load_items(cfg: SegmentationConfig, run: TransferRun) -> tuple[ItemList, list[SegItem], list[SegItem], list[str]]:
+    """``(training list with its SBD counts, train items, eval items, skipped messages)``: listed and checked before
+    any work (bad masks stop the run or are skipped and counted); the training images must be held out from the
+    evaluation split. Training items are only checked when ``cfg.iterations`` > 0."""
+    train_list = build_train_items(run.voc_root, cfg.train_split, cfg.eval_split, cfg.sbd_root)
+    eval_all = voc_items(run.voc_root, cfg.eval_split)
+    overlap = {i.image_id for i in train_list.items} & {i.image_id for i in eval_all}
+    if cfg.iterations > 0 and overlap:
+        raise SegmentationError(
+            f"training split {cfg.train_split!r} shares {len(overlap)} images with evaluation split "
+            f"{cfg.eval_split!r} (e.g. {sorted(overlap)[0]}); evaluation must be on held-out images"
+        )
+    train, train_skipped = check_items(train_list.items, run.skip_bad) if cfg.iterations > 0 else ([], [])
+    evals, eval_skipped = check_items(eval_all, run.skip_bad)
+    if cfg.iterations > 0 and not train:
+        raise SegmentationError(f"no usable training image in VOC2012 {cfg.train_split} (all skipped)")
+    if not evals:
+        raise SegmentationError(f"no usable evaluation image in VOC2012 {cfg.eval_split} (all skipped)")
+    return train_list, train, evals, train_skipped + eval_skipped
+
+
 def run_segmentation(cfg: SegmentationConfig, run: TransferRun, ctx: DistributedContext) -> dict[str, Any]:
     """Train (``cfg.iterations`` > 0) and evaluate (every rank of a torchrun launch calls it); rank 0 writes the
     record into ``run.out`` and every rank returns it. ``cfg.engine == "mmseg"`` runs the same protocol through
@@ -73,28 +109,10 @@ def run_segmentation(cfg: SegmentationConfig, run: TransferRun, ctx: Distributed
 
         return run_mmseg_segmentation(cfg, run, ctx)
     started_at, t0 = utc_now_iso(), time.perf_counter()
-    if cfg.iterations < 0:
-        raise SegmentationError(f"--iterations must be >= 0, got {cfg.iterations}")
-    if cfg.crop_size is not None and cfg.crop_size < 1:
-        raise SegmentationError(f"--crop-size must be positive, got {cfg.crop_size}")
+    check_settings(cfg)
     out = Path(run.out)
     torch.manual_seed(run.seed * 1000 + ctx.rank)  # dropout masks differ between ranks, reproducibly
-
-    # data: listed and checked before any work (bad masks stop the run or are skipped and counted)
-    train_list = build_train_items(run.voc_root, cfg.train_split, cfg.eval_split, cfg.sbd_root)
-    eval_items_all = voc_items(run.voc_root, cfg.eval_split)
-    overlap = {i.image_id for i in train_list.items} & {i.image_id for i in eval_items_all}
-    if cfg.iterations > 0 and overlap:
-        raise SegmentationError(
-            f"training split {cfg.train_split!r} shares {len(overlap)} images with evaluation split "
-            f"{cfg.eval_split!r} (e.g. {sorted(overlap)[0]}); evaluation must be on held-out images"
-        )
-    train_items, train_skipped = check_items(train_list.items, run.skip_bad) if cfg.iterations > 0 else ([], [])
-    eval_items, eval_skipped = check_items(eval_items_all, run.skip_bad)
-    if cfg.iterations > 0 and not train_items:
-        raise SegmentationError(f"no usable training image in VOC2012 {cfg.train_split} (all skipped)")
-    if not eval_items:
-        raise SegmentationError(f"no usable evaluation image in VOC2012 {cfg.eval_split} (all skipped)")
+    train_list, train_items, eval_items, skipped = load_items(cfg, run)
 
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -166,7 +184,7 @@ def run_segmentation(cfg: SegmentationConfig, run: TransferRun, ctx: Distributed
     )
     record = build_record(
         cfg, run, hist, weights, train_list.sbd_added, train_list.sbd_removed_val, train_summary,
-        train_skipped + eval_skipped, model.crop_offset, ctx, started_at, time.perf_counter() - t0,
+        skipped, model.crop_offset, ctx, started_at, time.perf_counter() - t0,
         n_train=len(train_items), n_eval=len(eval_items),
     )  # fmt: skip
     if ctx.is_main:
