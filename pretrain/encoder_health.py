@@ -15,7 +15,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from pretrain.models.alexnet import CONV_INDEX, alexnet_trunk
+from pretrain.models.alexnet import CONV_INDEX, LAYER_OUTPUT_INDEX, alexnet_trunk
 
 #: above this dead fraction in any convolution, ``bench pretrain`` prints a warning
 DEAD_WARNING = 0.5
@@ -27,7 +27,7 @@ def dead_channel_fractions(trunk: nn.Sequential, images: torch.Tensor, batch_siz
     ReLU output is 0 at every position of every image of ``images`` ([N, 3, H, W], the encoder's input scale)."""
     if images.ndim != 4 or len(images) == 0:
         raise ValueError(f"expected a non-empty [N, 3, H, W] batch, got shape {tuple(images.shape)}")
-    relu_after = {name: index + 1 for name, index in CONV_INDEX.items()}
+    conv_at = {LAYER_OUTPUT_INDEX[name]: name for name in CONV_INDEX}  # trunk index of each conv's ReLU output
     alive: dict[str, torch.Tensor] = {}
     was_training = trunk.training
     trunk.eval()
@@ -36,10 +36,10 @@ def dead_channel_fractions(trunk: nn.Sequential, images: torch.Tensor, batch_siz
             x = images[start : start + batch_size]
             for index, layer in enumerate(trunk):
                 x = layer(x)
-                for name, at in relu_after.items():
-                    if index == at:
-                        active = (x > 0).flatten(2).any(dim=2).any(dim=0)  # [C]
-                        alive[name] = active if name not in alive else alive[name] | active
+                name = conv_at.get(index)
+                if name is not None:
+                    active = (x > 0).flatten(2).any(dim=2).any(dim=0)  # [C]
+                    alive[name] = active if name not in alive else alive[name] | active
     finally:
         trunk.train(was_training)
     return {name: round(1.0 - float(a.float().mean()), 4) for name, a in alive.items()}
