@@ -49,6 +49,21 @@ def fit_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
 
 
+def fit_detection_split(root: Path, work: Path) -> tuple[list, list]:
+    """VOC2007 train of a learning-check tree with selective-search proposals from the real proposal code (cached in
+    ``work``, cap 300), as both detection engines' learning checks use it: ``(images with training RoIs at 64 RoIs
+    per image, all images)``."""
+    from transfer.detection.data import RoISampler, has_training_rois, load_detection_split
+    from transfer.detection.proposals import ProposalCache, compute_proposals
+    from transfer.voc import image_path, read_image_set, resolve_year_dir
+
+    year_dir = resolve_year_dir(root, "2007")
+    cache = ProposalCache(work / "proposals", "fast")
+    compute_proposals({i: image_path(year_dir, i) for i in read_image_set(year_dir, "train")}, cache, progress=False)
+    images, _ = load_detection_split(year_dir, "train", lambda i, w, h: cache.load(i)[:300])
+    return [im for im in images if has_training_rois(im, RoISampler(rois_per_image=64))], images
+
+
 @pytest.fixture()
 def subprocess_env() -> dict[str, str]:
     """Environment for subprocesses (torchrun, the CLI) that puts this checkout first on the import path."""

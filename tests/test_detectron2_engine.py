@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.conftest import fit_detection_split
 from transfer.detection.detectron2_engine import detectron2_available
 from transfer.voc import VOC_CLASSES, image_path, read_image_set, resolve_year_dir
 
@@ -260,19 +261,6 @@ def test_suite_ap_and_detectron2_evaluator_agree_on_the_same_detections(det_data
 
 
 # ----------------------------------------------------------------------------------------- learning, agreement
-def _fit_split(root: Path, work: Path) -> tuple[list, list]:
-    """VOC2007 train of the learning checks' tree with its proposals (cap 300), as tests/test_learning.py's Fast
-    R-CNN check loads it: ``(images with training RoIs, all images)``."""
-    from transfer.detection.data import RoISampler, has_training_rois, load_detection_split
-    from transfer.detection.proposals import ProposalCache, compute_proposals
-
-    year_dir = resolve_year_dir(root, "2007")
-    cache = ProposalCache(work / "proposals", "fast")
-    compute_proposals({i: image_path(year_dir, i) for i in read_image_set(year_dir, "train")}, cache, progress=False)
-    images, _ = load_detection_split(year_dir, "train", lambda i, w, h: cache.load(i)[:300])
-    return [im for im in images if has_training_rois(im, RoISampler(rois_per_image=64))], images
-
-
 @needs_detectron2
 @pytest.mark.learning
 def test_detectron2_engine_fits_its_training_set(fit_tree: Path, tmp_path: Path) -> None:
@@ -282,7 +270,7 @@ def test_detectron2_engine_fits_its_training_set(fit_tree: Path, tmp_path: Path)
     from transfer.detection.detectron2_engine import Detectron2Settings, run_detectron2
     from transfer.weights import load_alexnet_trunk
 
-    usable, images = _fit_split(fit_tree, tmp_path)
+    usable, images = fit_detection_split(fit_tree, tmp_path)
     trunk, _ = load_alexnet_trunk("random", seed=0)
     settings = Detectron2Settings(
         iterations=600, lr=0.01, lr_step=450, scale=160, max_size=267, fc_dim=512, rescale=True, precision="bf16",

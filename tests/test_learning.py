@@ -23,6 +23,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from pretrain.sampling import IterationBatchSampler
+from tests.conftest import fit_detection_split
 
 pytestmark = pytest.mark.learning
 
@@ -116,25 +117,18 @@ def _fit_fast_rcnn(root: Path, work: Path, iterations: int, lr: float, seed: int
         DetectionTrainSet,
         RoISampler,
         collate_detection,
-        has_training_rois,
-        load_detection_split,
         train_views,
     )
     from transfer.detection.evaluate import EvalConfig, evaluate
     from transfer.detection.model import FastRCNN, freeze_trunk, rescale_fast_rcnn
-    from transfer.detection.proposals import ProposalCache, compute_proposals
     from transfer.detection.train import train
     from transfer.engine import caffe_param_groups
-    from transfer.voc import VOC_CLASSES, image_path, read_image_set, resolve_year_dir
+    from transfer.voc import VOC_CLASSES
     from transfer.weights import load_alexnet_trunk
 
     torch.manual_seed(seed)
-    year_dir = resolve_year_dir(root, "2007")
-    cache = ProposalCache(work / "proposals", "fast")
-    compute_proposals({i: image_path(year_dir, i) for i in read_image_set(year_dir, "train")}, cache, progress=False)
-    images, _ = load_detection_split(year_dir, "train", lambda i, w, h: cache.load(i)[:300])
+    usable, images = fit_detection_split(root, work)
     sampler = RoISampler(rois_per_image=64)
-    usable = [im for im in images if has_training_rois(im, sampler)]
     trunk, _ = load_alexnet_trunk("random", seed=seed)
     model = FastRCNN(trunk, hidden=512, seed=seed)
     rescale_fast_rcnn(model, [im.path for im in usable], "minus1to1", seed=seed)
