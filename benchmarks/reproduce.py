@@ -51,8 +51,11 @@ METHODS = ("random", "autoencoder", "context-encoder")
 #: methods with a pretraining run (random init is made by the transfer command itself: ``--weights random``)
 PRETRAINED_METHODS = ("autoencoder", "context-encoder")
 #: baselines of ``bench inpaint-eval`` that need no training, evaluated next to the trained inpainting network
-#: (fsr-best is left out: about 7.5 s of CPU per 128-px image against 0.4 s for fsr-fast, docs/protocols/inpainting.md)
-INPAINT_BASELINES = ("mean", "telea", "shiftmap", "fsr-fast")
+#: (fsr-best is left out: about 7.5 s of CPU per 128-px image against 0.4 s for fsr-fast, docs/protocols/inpainting.md;
+#: nn needs a folder of training images to search, given by hand: ``bench inpaint-eval --baseline nn --train-images``)
+INPAINT_BASELINES = ("mean", "telea", "ns", "shiftmap", "fsr-fast")
+#: baselines ``--inpaint-baselines`` accepts (those that need nothing but the evaluation images)
+SWEEP_BASELINES = ("mean", "telea", "ns", "biharmonic", "shiftmap", "fsr-fast", "fsr-best")
 DEFAULT_SEEDS = {"smoke": 1, "cpu": 3, "paper": 3}
 #: stage names accepted by ``stage_args`` (extra options appended to that stage's command lines)
 STAGES = ("pretrain", "inpaint-pretrain", "inpaint-eval", *TRANSFER_TASKS, "table", "plot")
@@ -81,6 +84,7 @@ class SweepOptions:
     inpaint_eval_images: str | None = None
     device: str | None = None
     stage_args: dict[str, list[str]] = field(default_factory=dict)
+    inpaint_baselines: tuple[str, ...] = INPAINT_BASELINES
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -94,6 +98,7 @@ class SweepOptions:
             "inpaint_eval_images": self.inpaint_eval_images,
             "device": self.device,
             "stage_args": {k: list(v) for k, v in sorted(self.stage_args.items())},
+            "inpaint_baselines": list(self.inpaint_baselines),
         }
 
 
@@ -237,7 +242,7 @@ def build_cells(opts: SweepOptions) -> list[dict[str, Any]]:
         evals: list[tuple[str, list[str], list[str]]] = [
             ("inpainting", ["--weights", str(run_dir)], ["pretrain/inpainting"])
         ]
-        evals += [(f"baseline-{b}", ["--baseline", b], []) for b in INPAINT_BASELINES]
+        evals += [(f"baseline-{b}", ["--baseline", b], []) for b in opts.inpaint_baselines]
         for name, source, deps in evals:
             folder = out / "inpaint" / name
             argv = ["inpaint-eval", *source, "--images", str(opts.inpaint_eval_images), "--out", str(folder)]

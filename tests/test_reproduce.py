@@ -212,6 +212,30 @@ def test_inpainting_cells_evaluate_the_patch_based_baselines_and_feed_the_plot_c
     assert plot[plot.index("--records") + 1] == str(out / "records")  # where the inpaint-eval records are copied
 
 
+def test_inpaint_baselines_option_chooses_the_table_1_rows(tmp_path: Path) -> None:
+    import argparse
+
+    from benchmarks.commands.reproduce import add_arguments, options_from_args
+    from benchmarks.reproduce import INPAINT_BASELINES
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    base = ["--out", str(tmp_path / "s"), "--tasks", "inpaint", "--data", "IMGS", "--inpaint-eval-images", "HELDOUT"]
+    default = options_from_args(parser.parse_args(base))
+    assert isinstance(default, SweepOptions) and default.inpaint_baselines == INPAINT_BASELINES
+    assert "ns" in INPAINT_BASELINES  # Navier-Stokes, a target of the 128-px network beside Telea
+    chosen = options_from_args(parser.parse_args([*base, "--inpaint-baselines", "telea, mean,telea"]))
+    assert isinstance(chosen, SweepOptions) and chosen.inpaint_baselines == ("telea", "mean")
+    ids = [c["id"] for c in build_cells(chosen) if c["id"].startswith("inpaint-eval/")]
+    assert ids == ["inpaint-eval/inpainting", "inpaint-eval/baseline-telea", "inpaint-eval/baseline-mean"]
+    alone = options_from_args(parser.parse_args([*base, "--inpaint-baselines", "none"]))
+    assert [c["id"] for c in build_cells(alone) if c["id"].startswith("inpaint-eval/")] == ["inpaint-eval/inpainting"]
+    with pytest.raises(SystemExit, match="nn needs --train-images"):
+        options_from_args(parser.parse_args([*base, "--inpaint-baselines", "mean,nn"]))
+    with pytest.raises(SystemExit, match="unknown --inpaint-baselines bogus"):
+        options_from_args(parser.parse_args([*base, "--inpaint-baselines", "bogus"]))
+
+
 def test_a_plan_stored_with_the_old_option_names_still_resumes(tmp_path: Path) -> None:
     from benchmarks.reproduce import load_or_create_plan, plan_path, save_plan
 

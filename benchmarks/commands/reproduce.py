@@ -72,6 +72,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="held-out images for `bench inpaint-eval` (required by --tasks inpaint; never the training images)",
     )
+    parser.add_argument(
+        "--inpaint-baselines",
+        default="mean,telea,ns,shiftmap,fsr-fast",
+        help="comma-separated classical baselines evaluated beside the inpainting network (Table 1 rows, --tasks "
+        "inpaint) out of mean, telea, ns, biharmonic, shiftmap, fsr-fast, fsr-best; 'none' for the network alone",
+    )
     parser.add_argument("--device", default=None, help="passed to the stages as --device (default: their own)")
     parser.add_argument("--out", default="runs/reproduce", help="folder of the plan, runs, records, tables, logs")
     parser.add_argument(
@@ -102,7 +108,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def options_from_args(args: argparse.Namespace) -> object:
-    from benchmarks.reproduce import ALL_TASKS, DEFAULT_SEEDS, METHODS, SweepOptions
+    from benchmarks.reproduce import ALL_TASKS, DEFAULT_SEEDS, METHODS, SWEEP_BASELINES, SweepOptions
 
     tasks = () if args.tasks.strip() == "none" else tuple(t.strip() for t in args.tasks.split(",") if t.strip())
     bad = [t for t in tasks if t not in ALL_TASKS]
@@ -121,6 +127,15 @@ def options_from_args(args: argparse.Namespace) -> object:
         raise SystemExit("bench reproduce: --data (pretraining images) is required by these --tasks and --methods")
     if "inpaint" in tasks and not args.inpaint_eval_images:
         raise SystemExit("bench reproduce: --tasks inpaint needs --inpaint-eval-images (held-out images)")
+    spec = args.inpaint_baselines.strip()
+    baselines = () if spec == "none" else tuple(dict.fromkeys(b.strip() for b in spec.split(",") if b.strip()))
+    bad = [b for b in baselines if b not in SWEEP_BASELINES]
+    if bad:
+        hint = " (nn needs --train-images: run `bench inpaint-eval --baseline nn` by hand)" if "nn" in bad else ""
+        raise SystemExit(
+            f"bench reproduce: unknown --inpaint-baselines {', '.join(bad)} (choose from {', '.join(SWEEP_BASELINES)})"
+            + hint
+        )
     seeds = args.seeds if args.seeds is not None else DEFAULT_SEEDS[args.preset]
     if seeds < 1:
         raise SystemExit("bench reproduce: --seeds must be at least 1")
@@ -139,6 +154,7 @@ def options_from_args(args: argparse.Namespace) -> object:
         inpaint_eval_images=args.inpaint_eval_images,
         device=args.device,
         stage_args=stage_args,
+        inpaint_baselines=baselines,
     )
 
 
