@@ -6,7 +6,7 @@ task for each method and seed, optionally the inpainting network and its evaluat
 
 The plan file is rewritten atomically whenever a cell changes state (``pending`` -> ``running`` -> ``done`` or
 ``failed``), so the sweep survives being killed: a cell found ``running`` when the plan is loaded was interrupted and
-is run again (a pretraining run, or a cls/det transfer with a training checkpoint, resumes from its last checkpoint
+is run again (a pretraining run, or a cls/det/seg transfer with a training checkpoint, resumes from its last checkpoint
 when the command offers ``--resume``; any other output folder an earlier attempt left is moved aside to
 ``<folder>.attempt<N>`` first, nothing is deleted). SIGTERM or SIGINT sent to the sweep is passed on to the running
 cell, which writes a checkpoint and exits; the cell is marked ``interrupted`` and the sweep stops, to be continued by
@@ -353,7 +353,7 @@ def _resumable(cell: dict[str, Any], folder: Path) -> bool:
     and a command that offers ``--resume``."""
     if cell["stage"] in ("pretrain", "inpaint-pretrain"):
         return "--resume" in known_options("pretrain") and any(folder.rglob("*.pt"))
-    if cell["stage"] in ("cls", "det"):
+    if cell["stage"] in ("cls", "det", "seg"):
         return "--resume" in known_options("transfer") and any((folder / "checkpoints").glob("*.pt"))
     return False
 

@@ -1,4 +1,4 @@
-"""Classification fine-tuning and Fast R-CNN survive SIGTERM: a checkpoint, exit status 75, and a `--resume` that
+"""Classification fine-tuning, Fast R-CNN and FCN survive SIGTERM: a checkpoint, exit status 75, and a `--resume` that
 ends with the same weights, bit for bit, as a run that never stopped (real processes on the fixture VOC tree)."""
 
 from __future__ import annotations
@@ -17,8 +17,18 @@ from pretrain.checkpoint import load_checkpoint
 TASK_ARGS = {
     "cls": ["--save-model"],
     "det": ["--proposal-workers", "1", "--max-proposals", "50"],
+    "seg": ["--save-model"],
 }
-FINAL_MODEL = {"cls": "cls_random_seed0_final.pt", "det": "fast_rcnn.pt"}
+FINAL_MODEL = {"cls": "cls_random_seed0_final.pt", "det": "fast_rcnn.pt", "seg": "fcn.safetensors"}
+
+
+def _final_weights(task: str, folder: Path) -> dict[str, torch.Tensor]:
+    path = folder / FINAL_MODEL[task]
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    return load_checkpoint(path)["model"]
 
 
 def _argv(task: str, voc: Path, out: Path, *extra: str) -> list[str]:
@@ -35,8 +45,13 @@ def _run(argv: list[str], env: dict[str, str]) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("task", "workers"),
-    [("cls", ("0", "0", "0")), ("cls", ("2", "0", "1")), ("det", ("0", "0", "0"))],
-    ids=["cls", "cls-workers", "det"],
+    [
+        ("cls", ("0", "0", "0")),
+        ("cls", ("2", "0", "1")),
+        ("det", ("0", "0", "0")),
+        ("seg", ("1", "0", "0")),
+    ],
+    ids=["cls", "cls-workers", "det", "seg"],
 )
 def test_sigterm_then_resume_is_bit_identical(
     task: str, workers: tuple[str, str, str], voc_root: Path, tmp_path: Path, subprocess_env: dict[str, str]
@@ -62,23 +77,27 @@ def test_sigterm_then_resume_is_bit_identical(
     reference = tmp_path / "reference"
     _run(_argv(task, voc_root, reference, "--iterations", target, "--workers", workers[2]), subprocess_env)
     assert not list((out / "checkpoints").glob("*.pt"))  # removed once the record was written
-    a = load_checkpoint(out / FINAL_MODEL[task])["model"]
-    b = load_checkpoint(reference / FINAL_MODEL[task])["model"]
+    a, b = _final_weights(task, out), _final_weights(task, reference)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    if task == "seg":  # the log has each logged iteration once, as the uninterrupted run's
+        logged = [line.split(",")[0] for line in (out / "train_log.jsonl").read_text().splitlines()]
+        ref_logged = [line.split(",")[0] for line in (reference / "train_log.jsonl").read_text().splitlines()]
+        assert logged == ref_logged
 
 
+@pytest.mark.parametrize("task", ["cls", "seg"])
 def test_a_left_checkpoint_needs_resume_and_a_bad_one_is_named(
-    voc_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+    task: str, voc_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
 
     from benchmarks.cli import main
     from transfer.config import TransferRun
 
     out = tmp_path / "out"
-    left = out / "checkpoints" / f"{TransferRun(str(voc_root), 'random', str(tmp_path / 'out')).key('cls')}.pt"
+    left = out / "checkpoints" / f"{TransferRun(str(voc_root), 'random', str(tmp_path / 'out')).key(task)}.pt"
     left.parent.mkdir(parents=True)
     left.write_bytes(b"cut short")
-    base = ["transfer", "--task", "cls", "--voc-root", str(voc_root), "--weights", "random", "--out", str(out),
+    base = ["transfer", "--task", task, "--voc-root", str(voc_root), "--weights", "random", "--out", str(out),
             "--preset", "smoke", "--iterations", "2"]  # fmt: skip
     assert main(base) == 1
     err = capsys.readouterr().err
@@ -120,7 +139,7 @@ def _torchrun(argv: list[str]) -> list[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("task", ["cls", "det"])
+@pytest.mark.parametrize("task", ["cls", "det", "seg"])
 def test_sigterm_then_resume_under_torchrun_is_bit_identical(
     task: str, voc_root: Path, tmp_path: Path, subprocess_env: dict[str, str]
 ) -> None:
@@ -149,6 +168,5 @@ def test_sigterm_then_resume_under_torchrun_is_bit_identical(
     _run(_torchrun(_argv(task, voc_root, out, "--iterations", target, "--resume", *cpu)), subprocess_env)
     reference = tmp_path / "reference"
     _run(_torchrun(_argv(task, voc_root, reference, "--iterations", target, *cpu)), subprocess_env)
-    a = load_checkpoint(out / FINAL_MODEL[task])["model"]
-    b = load_checkpoint(reference / FINAL_MODEL[task])["model"]
+    a, b = _final_weights(task, out), _final_weights(task, reference)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -58,7 +58,7 @@ def input_norm_knob() -> Any:
 
 
 def resume_knob() -> Any:
-    """``--resume`` of the tasks that train from checkpoints (classification, detection)."""
+    """``--resume`` of the tasks that train from checkpoints (classification, detection, segmentation)."""
     return knob(
         "continue the interrupted training whose checkpoint is in OUT/checkpoints/, bit for bit (model, optimizer, "
         "iteration, data order, RNG states)",
@@ -67,7 +67,7 @@ def resume_knob() -> Any:
 
 
 def checkpoint_every_knob() -> Any:
-    """``--checkpoint-every`` of the tasks that train from checkpoints (classification, detection)."""
+    """``--checkpoint-every`` of the tasks that train from checkpoints (classification, detection, segmentation)."""
     return knob(
         "iterations between training checkpoints (one is also written when SIGTERM/SIGINT stops the run; 0 = only "
         "then); the checkpoint is removed once the record is written",

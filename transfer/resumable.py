@@ -1,6 +1,6 @@
-"""Checkpoints of transfer training (classification fine-tuning, Fast R-CNN), so that a preempted run continues.
+"""Checkpoints of transfer training (classification fine-tuning, Fast R-CNN, FCN), so that a preempted run continues.
 
-``bench transfer --task cls|det`` keeps one rolling checkpoint per run in ``OUT/checkpoints/`` (model, optimizer,
+``bench transfer --task cls|det|seg`` keeps one rolling checkpoint per run in ``OUT/checkpoints/`` (model, optimizer,
 iteration and, for every process of the run, its RNG states and training statistics), rewritten atomically every
 ``--checkpoint-every`` iterations and when SIGTERM/SIGINT stops the run (``pretrain/preemption.py``). The data need
 no state: the seeded iteration sampler (``pretrain/sampling.py``) gives the batch and augmentation of any iteration

@@ -16,7 +16,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from transfer.config import check_presets, input_norm_knob, knob
+from transfer.config import check_presets, checkpoint_every_knob, input_norm_knob, knob, resume_knob
 
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {
@@ -57,6 +57,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 _PAPER = PRESETS["paper"]
+#: settings that may change between an interrupted run and its --resume (they do not change the trained weights)
+RESUME_MUTABLE = frozenset(
+    {"iterations", "workers", "resume", "checkpoint_every", "save_model", "save_predictions", "progress"}
+)
 _SOLVER = "FCN-AlexNet solver.prototxt"
 
 
@@ -130,6 +134,8 @@ class SegmentationConfig:
         default="native",
         choices=("native", "mmseg"),
     )
+    resume: bool = resume_knob()
+    checkpoint_every: int = checkpoint_every_knob()
     progress: bool = True  # progress bars (off in library use)
 
     def protocol_id(self) -> str:

@@ -398,6 +398,8 @@ def _check_supported(cfg: SegmentationConfig, ctx: DistributedContext) -> None:
         raise SegmentationError(f"--engine mmseg builds FCN-32s only, got --variant {cfg.variant}")
     if cfg.sbd_root:
         raise SegmentationError("--engine mmseg reads VOC2012 masks only; --sbd-root needs --engine native")
+    if cfg.resume:
+        raise SegmentationError("--engine mmseg has no --resume; rerun the command without it")
 
 
 def _save_model(model: torch.nn.Module, path: Path) -> Path:

@@ -24,7 +24,8 @@ from pretrain.runinfo import sha256_file, utc_now_iso
 from transfer.config import ProtocolError, TransferRun
 from transfer.input_norm import resolve_input_norm
 from transfer.records import make_record, write_record
-from transfer.segmentation.config import SegmentationConfig
+from transfer.resumable import TrainingCheckpoint
+from transfer.segmentation.config import RESUME_MUTABLE, SegmentationConfig
 from transfer.segmentation.data import (
     ItemList,
     SegItem,
@@ -121,6 +122,10 @@ def run_segmentation(cfg: SegmentationConfig, run: TransferRun, ctx: Distributed
     # model: transferred trunk + re-initialised FCN head (same seed on every rank)
     trunk, winfo = load_alexnet_trunk(run.weights, seed=run.seed)
     cfg = replace(cfg, input_norm=resolve_input_norm(cfg.input_norm, winfo.kind))
+    # what --resume must not change
+    settings = {k: v for k, v in cfg.to_dict().items() if k not in RESUME_MUTABLE} | {"seed": run.seed}
+    checkpoints = TrainingCheckpoint(out, run.key("seg"), cfg.checkpoint_every, settings, ctx)
+    resume = checkpoints.load(cfg.resume) if cfg.iterations > 0 else None  # before the rescaling pass
     model = build_fcn(
         trunk,
         variant=cfg.variant,  # type: ignore[arg-type]
@@ -167,6 +172,8 @@ def run_segmentation(cfg: SegmentationConfig, run: TransferRun, ctx: Distributed
             seed=run.seed,
             log_path=out / "train_log.jsonl",
             progress=cfg.progress,
+            checkpoints=checkpoints,
+            resume=resume,
         )
     if cfg.save_model and ctx.is_main:
         weights["saved_fcn"] = str(_save_fcn_weights(model, out / "fcn.safetensors"))
@@ -189,6 +196,7 @@ def run_segmentation(cfg: SegmentationConfig, run: TransferRun, ctx: Distributed
     )  # fmt: skip
     if ctx.is_main:
         record_path = write_record(record, run.out)
+        checkpoints.finish()
         if cfg.progress:
             print(f"record: {record_path}")
     return record

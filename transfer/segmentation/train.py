@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,9 +30,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from pretrain.checkpoint import atomic_write_text
 from pretrain.distributed import DistributedContext
+from pretrain.preemption import Preempted, PreemptionGuard, ignore_stop_signals
 from pretrain.sampling import IterationBatchSampler
 from transfer.engine import NonFiniteLossError, autocast, caffe_param_groups, unwrap
+from transfer.resumable import TrainingCheckpoint
 from transfer.segmentation.data import SegmentationDataset, collate_list
 from transfer.voc import IGNORE_LABEL
 
@@ -128,22 +131,35 @@ def train_fcn(
     log_path: Path | None = None,
     log_every: int = 20,
     progress: bool = True,
+    checkpoints: TrainingCheckpoint | None = None,
+    resume: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train for ``iterations`` updates of ``batch_size`` images (the global batch, split over ranks).
 
-    Returns a summary (final and mean loss of the last ``log_every`` updates, images per second). A non-finite loss
-    stops training with ``NonFiniteLossError``.
+    With ``checkpoints`` the run writes its rolling checkpoint when due and when SIGTERM/SIGINT asks it to stop
+    (then raising :class:`pretrain.preemption.Preempted`); ``resume`` (this rank's view of that checkpoint,
+    ``TrainingCheckpoint.load``) continues it bit for bit: weights, optimizer, RNG states, and the sampler started at
+    the saved iteration. Returns a summary (final and mean loss of the last ``log_every`` updates, images per
+    second). A non-finite loss stops training with ``NonFiniteLossError``.
     """
     if iterations <= 0:
         return {"iterations": 0, "images": 0}
     if batch_size % ctx.world_size:
         raise ValueError(f"--batch-size {batch_size} must be a multiple of the number of processes {ctx.world_size}")
+    if resume is not None and checkpoints is None:
+        raise ValueError("resume needs the checkpoints it came from")
     per_rank = batch_size // ctx.world_size
     if ctx.distributed:
         ddp_args: dict[str, Any] = {"device_ids": [ctx.device]} if ctx.device.type == "cuda" else {}
         model = nn.parallel.DistributedDataParallel(model, **ddp_args)
     optimizer = build_optimizer(model, lr, momentum, weight_decay)
-    sampler = IterationBatchSampler(len(dataset), per_rank, 0, iterations, seed, ctx.rank, ctx.world_size)
+    start, recent = 0, []
+    if resume is not None and checkpoints is not None:
+        start = checkpoints.restore(resume, unwrap(model), optimizer)
+        recent = list((resume.get("stats") or {}).get("recent", []))
+        if log_path is not None and ctx.is_main:
+            _truncate_log(log_path, start)
+    sampler = IterationBatchSampler(len(dataset), per_rank, start, iterations, seed, ctx.rank, ctx.world_size)
     loader = DataLoader(
         dataset,
         batch_sampler=sampler,
@@ -151,40 +167,66 @@ def train_fcn(
         num_workers=workers,
         pin_memory=ctx.device.type == "cuda",
         persistent_workers=workers > 0,
+        worker_init_fn=ignore_stop_signals,
         generator=torch.Generator(),  # the loader's base seed is not drawn from the global RNG dropout uses
     )
     show = progress and ctx.is_main
     bar: Any = None
     if show:
-        bar = tqdm(total=iterations, desc="fcn train", unit="it", dynamic_ncols=True)
+        bar = tqdm(total=iterations, initial=start, desc="fcn train", unit="it", dynamic_ncols=True)
     log = log_path.open("a") if (log_path is not None and ctx.is_main) else None
-    recent: list[float] = []
-    start = time.perf_counter()
+    begin = time.perf_counter()
     try:
-        for it, samples in enumerate(loader, start=1):
-            loss = train_step(
-                model, optimizer, samples, normalization=normalization, device=ctx.device, precision=precision
-            )
-            if not math.isfinite(loss):
-                raise NonFiniteLossError(loss, it, "lower --lr")
-            recent = ([*recent, loss])[-log_every:]
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss:.4f}")
-            if log is not None and (it % log_every == 0 or it == iterations):
-                log.write(json.dumps({"iteration": it, "loss": loss, "loss_avg": sum(recent) / len(recent)}) + "\n")
-                log.flush()
+        with ExitStack() as stack:
+            guard = stack.enter_context(PreemptionGuard()) if checkpoints is not None else None
+            for it, samples in enumerate(loader, start=start + 1):
+                loss = train_step(
+                    model, optimizer, samples, normalization=normalization, device=ctx.device, precision=precision
+                )
+                if not math.isfinite(loss):
+                    raise NonFiniteLossError(loss, it, "lower --lr")
+                recent = ([*recent, loss])[-log_every:]
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss:.4f}")
+                if log is not None and (it % log_every == 0 or it == iterations):
+                    record = {"iteration": it, "loss": loss, "loss_avg": sum(recent) / len(recent)}
+                    log.write(json.dumps(record) + "\n")
+                    log.flush()
+                if checkpoints is not None and guard is not None:
+                    stop = checkpoints.stop_requested(guard.requested)
+                    if stop or checkpoints.due(it, iterations):
+                        path = checkpoints.save(it, unwrap(model), optimizer, stats={"recent": recent})
+                        if stop:
+                            raise Preempted(guard.signal_name or "a signal to another process", it, str(path))
     finally:
         if bar is not None:
             bar.close()
         if log is not None:
             log.close()
-    elapsed = time.perf_counter() - start
+    elapsed = time.perf_counter() - begin
+    trained = iterations - start
     return {
         "iterations": iterations,
         "images": iterations * batch_size,
+        "resumed_at": start,
         "final_loss": recent[-1] if recent else None,
         "loss_avg_last": sum(recent) / len(recent) if recent else None,
         "train_time_s": elapsed,
-        "images_per_s": iterations * batch_size / elapsed if elapsed > 0 else None,
+        "images_per_s": trained * batch_size / elapsed if elapsed > 0 and trained > 0 else None,
     }
+
+
+def _truncate_log(path: Path, iteration: int) -> None:
+    """Drop the training-log lines after ``iteration`` (written after the checkpoint a resumed run continues from,
+    by a run that was killed before it could checkpoint again), so that the log has each iteration once."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if int(json.loads(line)["iteration"]) <= iteration:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue  # a line cut short by the kill
+    atomic_write_text(path, "".join(f"{line}\n" for line in kept))
