@@ -127,7 +127,7 @@ def test_detectron2_model_starts_as_the_torchvision_engine_model(det_data: dict)
 
     image = det_data["train"][0]
     trunk, _ = load_alexnet_trunk("random", seed=3)
-    settings = Detectron2Settings(scale=160, max_size=267, fc_dim=256)
+    settings = Detectron2Settings(scale=160, max_size=267, fc_width=256)
     d2: Any
     d2, _, _ = build_detectron2_model(trunk, settings, seed=5, device=CPU)
     reference = FastRCNN(trunk, hidden=256, seed=5).eval()
@@ -262,6 +262,29 @@ def test_suite_ap_and_detectron2_evaluator_agree_on_the_same_detections(det_data
 
 # ----------------------------------------------------------------------------------------- learning, agreement
 @needs_detectron2
+@needs_detectron2
+def test_every_detection_knob_reaches_the_detectron2_config() -> None:
+    """The engine's settings take each knob of the detection config by its name (the solver's momentum, weight
+    decay and lr factor were once fixed at the paper's values whatever the command line said)."""
+    from transfer.detection.config import DetectionConfig
+    from transfer.detection.detectron2_engine import settings_from_options
+    from transfer.detection.detectron2_model import protocol_config
+
+    options = DetectionConfig(
+        momentum=0.95, weight_decay=1e-4, lr_gamma=0.5, nms=0.4, batch_size=4, fc_width=512, freeze_through="conv2",
+        lr=0.02, lr_step=7, iterations=10, rois_per_image=32, scale=160, max_size=267, score_threshold=0.0,
+        max_per_image=50, input_norm="caffe",
+    ).to_dict()  # fmt: skip
+    cfg = protocol_config(settings_from_options(options))
+    solver = cfg.SOLVER
+    assert (solver.MOMENTUM, solver.WEIGHT_DECAY, solver.GAMMA, solver.BASE_LR) == (0.95, 1e-4, 0.5, 0.02)
+    assert (cfg.SOLVER.STEPS, cfg.SOLVER.MAX_ITER, cfg.SOLVER.IMS_PER_BATCH) == ((7,), 10, 4)
+    assert (cfg.MODEL.ROI_HEADS.NMS_THRESH_TEST, cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST) == (0.4, 0.0)
+    assert (cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE, cfg.TEST.DETECTIONS_PER_IMAGE) == (32, 50)
+    assert (cfg.MODEL.ROI_BOX_HEAD.FC_DIM, cfg.MODEL.BACKBONE.FREEZE_AT) == (512, 2)
+    assert (cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN, cfg.INPUT.FORMAT) == ((160,), 267, "BGR")
+
+
 @pytest.mark.learning
 def test_detectron2_engine_fits_its_training_set(fit_tree: Path, tmp_path: Path) -> None:
     """The torchvision engine's learning check (tests/test_learning.py) on the same tree, proposals and settings:
@@ -273,7 +296,7 @@ def test_detectron2_engine_fits_its_training_set(fit_tree: Path, tmp_path: Path)
     usable, images = fit_detection_split(fit_tree, tmp_path)
     trunk, _ = load_alexnet_trunk("random", seed=0)
     settings = Detectron2Settings(
-        iterations=600, lr=0.01, lr_step=450, scale=160, max_size=267, fc_dim=512, rescale=True, precision="bf16",
+        iterations=600, lr=0.01, lr_step=450, scale=160, max_size=267, fc_width=512, rescale=True, precision="bf16",
         score_threshold=0.0,
     )  # fmt: skip
     outcome = run_detectron2(usable, images, trunk, settings, seed=0, device=CPU)

@@ -30,7 +30,7 @@ from __future__ import annotations
 import importlib.util
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -82,52 +82,41 @@ def require_detectron2() -> str:
 
 @dataclass(frozen=True)
 class Detectron2Settings:
-    """Everything the engine's run depends on besides the data, the trunk and the seed (defaults: ``paper``)."""
+    """Everything the engine's run depends on besides the data, the trunk and the seed (defaults: ``paper``). The
+    fields that are detection knobs carry the knobs' names (``DetectionConfig``); the rest are Fast R-CNN's fixed
+    RoI sampling and augmentation, as the torchvision engine has them."""
 
     iterations: int = 40_000
     lr: float = 0.001
     lr_step: int = 30_000
-    images_per_batch: int = 2
+    lr_gamma: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 2
     rois_per_image: int = 64
     scale: int = 600
     max_size: int = 1000
-    fc_dim: int = 4096
+    fc_width: int = 4096
     freeze_through: str = "conv1"
-    flip: bool = True
     rescale: bool = False
     precision: str = "fp32"
     input_norm: str = "minus1to1"
-    nms_threshold: float = 0.3
+    nms: float = 0.3
     score_threshold: float = 0.05
     max_per_image: int = 100
     workers: int = 0
-
-
-#: the detection protocol's knobs (``DetectionConfig.to_dict()`` after its preset) -> settings fields
-CONFIG_NAMES: dict[str, str] = {
-    "iterations": "iterations",
-    "lr": "lr",
-    "lr_step": "lr_step",
-    "batch_size": "images_per_batch",
-    "rois_per_image": "rois_per_image",
-    "scale": "scale",
-    "max_size": "max_size",
-    "fc_width": "fc_dim",
-    "freeze_through": "freeze_through",
-    "rescale": "rescale",
-    "precision": "precision",
-    "input_norm": "input_norm",
-    "nms": "nms_threshold",
-    "score_threshold": "score_threshold",
-    "max_per_image": "max_per_image",
-    "workers": "workers",
-}
+    # Fast R-CNN's fixed settings (RoISampler in transfer/detection/data.py)
+    fg_fraction: float = 0.25
+    fg_threshold: float = 0.5
+    bg_threshold_lo: float = 0.1
+    flip: bool = True
 
 
 def settings_from_options(options: Mapping[str, Any]) -> Detectron2Settings:
-    """Settings from the detection protocol's config (``DetectionConfig.to_dict()``), ignoring unset knobs."""
-    values = {field: options[name] for name, field in CONFIG_NAMES.items() if options.get(name) is not None}
-    return replace(Detectron2Settings(), **values)
+    """Settings from the detection protocol's config (``DetectionConfig.to_dict()``): every knob the engine uses,
+    by its name, unset knobs left at their defaults."""
+    names = {f.name for f in fields(Detectron2Settings)}
+    return replace(Detectron2Settings(), **{k: v for k, v in options.items() if k in names and v is not None})
 
 
 def check_engine(engine: str, distributed: bool, resume: bool) -> None:
@@ -145,27 +134,6 @@ def check_engine(engine: str, distributed: bool, resume: bool) -> None:
         raise ProtocolError("--engine detectron2 has no --resume; rerun the command without it")
 
 
-def _protocol_settings(settings: Detectron2Settings) -> Any:
-    from transfer.detection.detectron2_model import CONV_NAMES, ProtocolSettings
-
-    freeze = 0 if settings.freeze_through in (None, "none") else CONV_NAMES.index(settings.freeze_through) + 1
-    return ProtocolSettings(
-        iterations=settings.iterations,
-        lr=settings.lr,
-        lr_step=settings.lr_step,
-        images_per_batch=settings.images_per_batch,
-        rois_per_image=settings.rois_per_image,
-        scale=settings.scale,
-        max_size=settings.max_size,
-        fc_dim=settings.fc_dim,
-        freeze_convs=freeze,
-        nms_threshold=settings.nms_threshold,
-        score_threshold=settings.score_threshold,
-        max_per_image=settings.max_per_image,
-        input_norm=settings.input_norm,
-    )
-
-
 def build_detectron2_model(
     trunk: nn.Sequential, settings: Detectron2Settings, seed: int, device: torch.device, rescale_images: Sequence = ()
 ) -> tuple[nn.Module, Any, dict[str, Any] | None]:
@@ -176,11 +144,11 @@ def build_detectron2_model(
     from transfer.detection.detectron2_model import model_state_from_fast_rcnn, protocol_config
     from transfer.detection.model import FastRCNN, rescale_fast_rcnn
 
-    reference = FastRCNN(trunk, hidden=settings.fc_dim, seed=seed)
+    reference = FastRCNN(trunk, hidden=settings.fc_width, seed=seed)
     rescale_info = None
     if settings.rescale:
         rescale_info = rescale_fast_rcnn(reference, list(rescale_images), settings.input_norm, seed=seed)
-    cfg = protocol_config(_protocol_settings(settings), device=str(device))
+    cfg = protocol_config(settings, device=str(device))
     model = build_model(cfg)
     model.load_state_dict(model_state_from_fast_rcnn(reference.state_dict()), strict=True)
     dtype = torch.bfloat16 if settings.precision == "bf16" else None
@@ -262,7 +230,7 @@ def train_detectron2(
     optimizer = build_optimizer(cfg, model)
     scheduler = build_lr_scheduler(cfg, optimizer)
     views = train_views(settings.flip)
-    batches = IterationBatchSampler(len(images), settings.images_per_batch, 0, settings.iterations, seed, views=views)
+    batches = IterationBatchSampler(len(images), settings.batch_size, 0, settings.iterations, seed, views=views)
     loader = torch.utils.data.DataLoader(
         Detectron2TrainSet(images, settings, cfg.INPUT.FORMAT),
         batch_sampler=batches,

@@ -28,10 +28,10 @@ CONFIG_FILE = "fast_rcnn_alexnet.yaml"
 def export_detectron2(weights: str | Path, folder: str | Path, input_norm: str = "auto") -> dict[str, str]:
     """Export the trunk of ``weights`` (anything ``--weights`` takes except ``random``) into ``folder``; returns the
     written paths and what was exported."""
-    from transfer.detection.detectron2_engine import require_detectron2
+    from transfer.detection.detectron2_engine import Detectron2Settings, require_detectron2
 
     version = require_detectron2()  # before anything imports detectron2: a missing install is a one-line error
-    from transfer.detection.detectron2_model import ProtocolSettings, backbone_state_from_trunk, protocol_config
+    from transfer.detection.detectron2_model import backbone_state_from_trunk, protocol_config
     from transfer.input_norm import resolve_input_norm
     from transfer.weights import load_alexnet_trunk
 
@@ -49,7 +49,7 @@ def export_detectron2(weights: str | Path, folder: str | Path, input_norm: str =
     torch.save({"model": state, "__author__": "context-encoders-bench", "matching_heuristics": False}, tmp)
     tmp.replace(checkpoint)
     norm = resolve_input_norm(input_norm, info.kind)
-    cfg = protocol_config(ProtocolSettings(input_norm=norm), device="cpu", weights=str(checkpoint.resolve()))
+    cfg = protocol_config(Detectron2Settings(input_norm=norm), device="cpu", weights=str(checkpoint.resolve()))
     config = folder / CONFIG_FILE
     config.with_suffix(".yaml.tmp").write_text(cfg.dump())
     config.with_suffix(".yaml.tmp").replace(config)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from detectron2.config import CfgNode, get_cfg
@@ -27,6 +27,9 @@ from detectron2.modeling import BACKBONE_REGISTRY, ROI_BOX_HEAD_REGISTRY, Backbo
 from torch import nn
 
 from pretrain.models.alexnet import CONV_INDEX, WIDTHS
+
+if TYPE_CHECKING:
+    from transfer.detection.detectron2_engine import Detectron2Settings
 
 BACKBONE_NAME = "build_alexnet_backbone"
 BOX_HEAD_NAME = "AlexNetFCHead"
@@ -134,34 +137,12 @@ INPUT_CONVENTIONS: dict[str, InputConvention] = {
 }
 
 
-@dataclass(frozen=True)
-class ProtocolSettings:
-    """The Fast R-CNN protocol's settings that live in a detectron2 config (defaults: the ``paper`` preset)."""
-
-    iterations: int = 40_000
-    lr: float = 0.001
-    lr_step: int = 30_000
-    lr_gamma: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    images_per_batch: int = 2
-    rois_per_image: int = 64
-    fg_fraction: float = 0.25
-    fg_threshold: float = 0.5
-    bg_threshold_lo: float = 0.1
-    scale: int = 600
-    max_size: int = 1000
-    fc_dim: int = 4096
-    freeze_convs: int = 1
-    nms_threshold: float = 0.3
-    score_threshold: float = 0.05
-    max_per_image: int = 100
-    input_norm: str = "minus1to1"
-
-
-def protocol_config(settings: ProtocolSettings, device: str = "cpu", weights: str = "") -> CfgNode:
+def protocol_config(settings: Detectron2Settings, device: str = "cpu", weights: str = "") -> CfgNode:
     """A detectron2 config of Fast R-CNN on the AlexNet backbone: precomputed proposals, ROIPool 6x6 on conv5,
     fc6/fc7, the protocol's RoI sampling and solver. ``get_cfg().merge_from_file`` reads its ``dump()`` back."""
+    if settings.freeze_through not in (None, "none", *CONV_NAMES):
+        raise ValueError(f"unknown freeze_through {settings.freeze_through!r}; choose none or one of {CONV_NAMES}")
+    freeze_convs = 0 if settings.freeze_through in (None, "none") else CONV_NAMES.index(settings.freeze_through) + 1
     if settings.input_norm not in INPUT_CONVENTIONS:
         raise ValueError(
             f"unknown input normalisation {settings.input_norm!r}; choose one of {list(INPUT_CONVENTIONS)}"
@@ -181,7 +162,7 @@ def protocol_config(settings: ProtocolSettings, device: str = "cpu", weights: st
     cfg.INPUT.MAX_SIZE_TEST = settings.max_size
     cfg.INPUT.RANDOM_FLIP = "horizontal"
     cfg.MODEL.BACKBONE.NAME = BACKBONE_NAME
-    cfg.MODEL.BACKBONE.FREEZE_AT = settings.freeze_convs
+    cfg.MODEL.BACKBONE.FREEZE_AT = freeze_convs
     cfg.MODEL.PROPOSAL_GENERATOR.NAME = "PrecomputedProposals"
     cfg.MODEL.LOAD_PROPOSALS = True
     cfg.MODEL.ROI_HEADS.NAME = "StandardROIHeads"
@@ -194,12 +175,12 @@ def protocol_config(settings: ProtocolSettings, device: str = "cpu", weights: st
     cfg.MODEL.ROI_HEADS.IOU_LABELS = [-1, 0, 1]
     cfg.MODEL.ROI_HEADS.PROPOSAL_APPEND_GT = True
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = settings.score_threshold
-    cfg.MODEL.ROI_HEADS.NMS_THRESH_TEST = settings.nms_threshold
+    cfg.MODEL.ROI_HEADS.NMS_THRESH_TEST = settings.nms
     cfg.TEST.DETECTIONS_PER_IMAGE = settings.max_per_image
     cfg.MODEL.ROI_BOX_HEAD.NAME = BOX_HEAD_NAME
     cfg.MODEL.ROI_BOX_HEAD.NUM_FC = 2
     cfg.MODEL.ROI_BOX_HEAD.NUM_CONV = 0
-    cfg.MODEL.ROI_BOX_HEAD.FC_DIM = settings.fc_dim
+    cfg.MODEL.ROI_BOX_HEAD.FC_DIM = settings.fc_width
     cfg.MODEL.ROI_BOX_HEAD.POOLER_TYPE = "ROIPool"
     cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION = 6
     cfg.MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO = 0
@@ -207,7 +188,7 @@ def protocol_config(settings: ProtocolSettings, device: str = "cpu", weights: st
     cfg.MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE = "smooth_l1"
     cfg.MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA = 1.0  # Fast R-CNN's sigma 1 (detectron2's default 0 is plain L1)
     cfg.MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG = False
-    cfg.SOLVER.IMS_PER_BATCH = settings.images_per_batch
+    cfg.SOLVER.IMS_PER_BATCH = settings.batch_size
     cfg.SOLVER.BASE_LR = settings.lr
     cfg.SOLVER.MOMENTUM = settings.momentum
     cfg.SOLVER.NESTEROV = False
