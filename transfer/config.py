@@ -121,7 +121,7 @@ class TransferRun:
     )
     preset: str = knob(
         "paper: the protocol's published settings; cpu: the same code sized for 2 CPU cores on the demo dataset, "
-        "where every harness learns; smoke: the same code at toy scale (checks code paths only)",
+        "where every harness fits its training data; smoke: the same code at toy scale (checks code paths only)",
         default="paper",
         choices=PRESET_NAMES,
     )

@@ -33,7 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="smoke",
         choices=["smoke", "cpu", "paper"],
         help="passed to every stage: paper = the published settings; cpu = the same code sized for 2 CPU cores on "
-        "the demo dataset, where every harness learns (3 seeds, about an hour); smoke = toy scale, code paths only",
+        "the demo dataset, where every harness fits its training data (3 seeds, about an hour); smoke = toy scale, "
+        "code paths only",
     )
     parser.add_argument(
         "--voc-root",
