@@ -209,7 +209,6 @@ def train_fcn(
     return {
         "iterations": iterations,
         "images": iterations * batch_size,
-        "resumed_at": start,
         "final_loss": recent[-1] if recent else None,
         "loss_avg_last": sum(recent) / len(recent) if recent else None,
         "train_time_s": elapsed,
