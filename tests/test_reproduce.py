@@ -229,6 +229,7 @@ def test_inpaint_baselines_option_chooses_the_table_1_rows(tmp_path: Path) -> No
     ids = [c["id"] for c in build_cells(chosen) if c["id"].startswith("inpaint-eval/")]
     assert ids == ["inpaint-eval/inpainting", "inpaint-eval/baseline-telea", "inpaint-eval/baseline-mean"]
     alone = options_from_args(parser.parse_args([*base, "--inpaint-baselines", "none"]))
+    assert isinstance(alone, SweepOptions)
     assert [c["id"] for c in build_cells(alone) if c["id"].startswith("inpaint-eval/")] == ["inpaint-eval/inpainting"]
     with pytest.raises(SystemExit, match="nn needs --train-images"):
         options_from_args(parser.parse_args([*base, "--inpaint-baselines", "mean,nn"]))
