@@ -260,8 +260,6 @@ def test_suite_ap_and_detectron2_evaluator_agree_on_the_same_detections(det_data
     assert abs(float(suite["mAP"]) - float(suite["mAP_py_faster_rcnn"])) < 2.0  # type: ignore[arg-type]
 
 
-# ----------------------------------------------------------------------------------------- learning, agreement
-@needs_detectron2
 @needs_detectron2
 def test_every_detection_knob_reaches_the_detectron2_config() -> None:
     """The engine's settings take each knob of the detection config by its name (the solver's momentum, weight
@@ -285,6 +283,8 @@ def test_every_detection_knob_reaches_the_detectron2_config() -> None:
     assert (cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN, cfg.INPUT.FORMAT) == ((160,), 267, "BGR")
 
 
+# ----------------------------------------------------------------------------------------- learning, agreement
+@needs_detectron2
 @pytest.mark.learning
 def test_detectron2_engine_fits_its_training_set(fit_tree: Path, tmp_path: Path) -> None:
     """The torchvision engine's learning check (tests/test_learning.py) on the same tree, proposals and settings:
