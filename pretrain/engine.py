@@ -199,6 +199,27 @@ def weight_problem(state: dict[str, torch.Tensor]) -> str | None:
 
 
 # -- logging ----------------------------------------------------------------------------------------------------
+def truncate_log_after(path: Path, iteration: int) -> int:
+    """Drop the lines of a JSON-lines training log whose ``iteration`` is after ``iteration`` (and lines cut short
+    by an interruption), keeping event lines; used on ``--resume`` so that the log holds each iteration once.
+    Returns how many lines were dropped (0 when there is no log yet)."""
+    if not path.is_file():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line cut by the interruption
+            dropped += 1
+            continue
+        if "event" not in record and int(record.get("iteration", 0)) > iteration:
+            dropped += 1
+            continue
+        kept.append(line)
+    atomic_write_text(path, "".join(f"{line}\n" for line in kept))
+    return dropped
+
+
 @dataclass
 class RunLogger:
     """JSON lines in ``log.jsonl`` (DINO's ``log.txt``) and, optionally, TensorBoard scalars; rank 0 only."""
@@ -227,22 +248,9 @@ class RunLogger:
     def truncate_after(self, iteration: int) -> int:
         """On ``--resume`` from ``iteration``: drop log lines of later iterations (written after the checkpoint by
         the interrupted process; the resumed run writes them again). Returns how many lines were dropped."""
-        path = self.run_dir / "log.jsonl"
-        if not self.enabled or not path.is_file():
+        if not self.enabled:
             return 0
-        kept, dropped = [], 0
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:  # a line cut by the interruption
-                dropped += 1
-                continue
-            if "event" not in record and int(record.get("iteration", 0)) > iteration:
-                dropped += 1
-                continue
-            kept.append(line)
-        atomic_write_text(path, "".join(f"{line}\n" for line in kept))
-        return dropped
+        return truncate_log_after(self.run_dir / "log.jsonl", iteration)
 
     def close(self) -> None:
         if self._tb is not None:

@@ -30,8 +30,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from pretrain.checkpoint import atomic_write_text
 from pretrain.distributed import DistributedContext
+from pretrain.engine import truncate_log_after
 from pretrain.preemption import Preempted, PreemptionGuard, ignore_stop_signals
 from pretrain.sampling import IterationBatchSampler
 from transfer.engine import NonFiniteLossError, autocast, caffe_param_groups, unwrap
@@ -158,7 +158,7 @@ def train_fcn(
         start = checkpoints.restore(resume, unwrap(model), optimizer)
         recent = list((resume.get("stats") or {}).get("recent", []))
         if log_path is not None and ctx.is_main:
-            _truncate_log(log_path, start)
+            truncate_log_after(log_path, start)
     sampler = IterationBatchSampler(len(dataset), per_rank, start, iterations, seed, ctx.rank, ctx.world_size)
     loader = DataLoader(
         dataset,
@@ -214,18 +214,3 @@ def train_fcn(
         "train_time_s": elapsed,
         "images_per_s": trained * batch_size / elapsed if elapsed > 0 and trained > 0 else None,
     }
-
-
-def _truncate_log(path: Path, iteration: int) -> None:
-    """Drop the training-log lines after ``iteration`` (written after the checkpoint a resumed run continues from,
-    by a run that was killed before it could checkpoint again), so that the log has each iteration once."""
-    if not path.is_file():
-        return
-    kept = []
-    for line in path.read_text().splitlines():
-        try:
-            if int(json.loads(line)["iteration"]) <= iteration:
-                kept.append(line)
-        except (ValueError, KeyError, TypeError):
-            continue  # a line cut short by the kill
-    atomic_write_text(path, "".join(f"{line}\n" for line in kept))
