@@ -43,7 +43,7 @@ from pretrain.checkpoint import atomic_torch_save, atomic_write_text
 from pretrain.sampling import IterationBatchSampler, SampleKey
 from transfer.config import ProtocolError
 from transfer.detection.boxes import clip_boxes, flip_boxes
-from transfer.detection.data import DetectionImage, image_scale, train_views
+from transfer.detection.data import DetectionImage, RoISampler, image_scale, train_views
 from transfer.detection.evaluate import score_detections
 from transfer.engine import NonFiniteLossError
 from transfer.voc import VOC_CLASSES, VOCError
@@ -105,10 +105,10 @@ class Detectron2Settings:
     score_threshold: float = 0.05
     max_per_image: int = 100
     workers: int = 0
-    # Fast R-CNN's fixed settings (RoISampler in transfer/detection/data.py)
-    fg_fraction: float = 0.25
-    fg_threshold: float = 0.5
-    bg_threshold_lo: float = 0.1
+    # Fast R-CNN's fixed RoI sampling, as the torchvision engine's RoISampler has it
+    fg_fraction: float = RoISampler.fg_fraction
+    fg_threshold: float = RoISampler.fg_threshold
+    bg_threshold_lo: float = RoISampler.bg_threshold[0]
     flip: bool = True
 
 
