@@ -235,6 +235,13 @@ def test_inpaint_baselines_option_chooses_the_table_1_rows(tmp_path: Path) -> No
         options_from_args(parser.parse_args([*base, "--inpaint-baselines", "mean,nn"]))
     with pytest.raises(SystemExit, match="unknown --inpaint-baselines bogus"):
         options_from_args(parser.parse_args([*base, "--inpaint-baselines", "bogus"]))
+    with pytest.raises(SystemExit, match=r"unknown --tasks clss \(choose from cls,"):
+        options_from_args(parser.parse_args([*base, "--tasks", "inpaint,clss"]))
+    with pytest.raises(SystemExit, match="unknown --methods none"):
+        options_from_args(parser.parse_args([*base, "--methods", "none"]))
+    twice = ["--tasks", "inpaint, inpaint", "--methods", "random,random"]
+    repeated = options_from_args(parser.parse_args([*base, *twice]))
+    assert isinstance(repeated, SweepOptions) and repeated.tasks == ("inpaint",) and repeated.methods == ("random",)
 
 
 def test_a_plan_stored_with_the_old_option_names_still_resumes(tmp_path: Path) -> None:

@@ -108,17 +108,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _comma_list(
+    option: str, spec: str, choices: tuple[str, ...], allow_none: bool = True, hints: dict[str, str] | None = None
+) -> tuple[str, ...]:
+    """Parse a comma-separated option value (duplicates dropped, order kept; ``none`` is the empty list where
+    allowed); an unknown name exits with the choices and, where given, a hint about it."""
+    spec = spec.strip()
+    if allow_none and spec == "none":
+        return ()
+    names = tuple(dict.fromkeys(n.strip() for n in spec.split(",") if n.strip()))
+    bad = [n for n in names if n not in choices]
+    if bad:
+        hint = "".join(f" ({hints[n]})" for n in bad if hints and n in hints)
+        raise SystemExit(f"bench reproduce: unknown {option} {', '.join(bad)} (choose from {', '.join(choices)}){hint}")
+    return names
+
+
 def options_from_args(args: argparse.Namespace) -> object:
     from benchmarks.reproduce import ALL_TASKS, DEFAULT_SEEDS, METHODS, SWEEP_BASELINES, SweepOptions
 
-    tasks = () if args.tasks.strip() == "none" else tuple(t.strip() for t in args.tasks.split(",") if t.strip())
-    bad = [t for t in tasks if t not in ALL_TASKS]
-    if bad:
-        raise SystemExit(f"bench reproduce: unknown --tasks {', '.join(bad)} (choose from {', '.join(ALL_TASKS)})")
-    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
-    bad = [m for m in methods if m not in METHODS]
-    if bad:
-        raise SystemExit(f"bench reproduce: unknown --methods {', '.join(bad)} (choose from {', '.join(METHODS)})")
+    tasks = _comma_list("--tasks", args.tasks, ALL_TASKS)
+    methods = _comma_list("--methods", args.methods, METHODS, allow_none=False)
+    baselines = _comma_list(
+        "--inpaint-baselines",
+        args.inpaint_baselines,
+        SWEEP_BASELINES,
+        hints={"nn": "nn needs --train-images: run `bench inpaint-eval --baseline nn` by hand"},
+    )
     transfer = [t for t in tasks if t != "inpaint"]
     if transfer and not args.voc_root:
         raise SystemExit(f"bench reproduce: --voc-root is required by --tasks {','.join(transfer)}")
@@ -128,15 +144,6 @@ def options_from_args(args: argparse.Namespace) -> object:
         raise SystemExit("bench reproduce: --data (pretraining images) is required by these --tasks and --methods")
     if "inpaint" in tasks and not args.inpaint_eval_images:
         raise SystemExit("bench reproduce: --tasks inpaint needs --inpaint-eval-images (held-out images)")
-    spec = args.inpaint_baselines.strip()
-    baselines = () if spec == "none" else tuple(dict.fromkeys(b.strip() for b in spec.split(",") if b.strip()))
-    bad = [b for b in baselines if b not in SWEEP_BASELINES]
-    if bad:
-        hint = " (nn needs --train-images: run `bench inpaint-eval --baseline nn` by hand)" if "nn" in bad else ""
-        raise SystemExit(
-            f"bench reproduce: unknown --inpaint-baselines {', '.join(bad)} (choose from {', '.join(SWEEP_BASELINES)})"
-            + hint
-        )
     seeds = args.seeds if args.seeds is not None else DEFAULT_SEEDS[args.preset]
     if seeds < 1:
         raise SystemExit("bench reproduce: --seeds must be at least 1")
