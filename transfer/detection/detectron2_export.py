@@ -19,8 +19,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 BACKBONE_FILE = "alexnet_backbone.pth"
 CONFIG_FILE = "fast_rcnn_alexnet.yaml"
 
@@ -31,6 +29,7 @@ def export_detectron2(weights: str | Path, folder: str | Path, input_norm: str =
     from transfer.detection.detectron2_engine import Detectron2Settings, require_detectron2
 
     version = require_detectron2()  # before anything imports detectron2: a missing install is a one-line error
+    from pretrain.checkpoint import atomic_torch_save, atomic_write_text
     from transfer.detection.detectron2_model import backbone_state_from_trunk, protocol_config
     from transfer.input_norm import resolve_input_norm
     from transfer.weights import load_alexnet_trunk
@@ -44,15 +43,14 @@ def export_detectron2(weights: str | Path, folder: str | Path, input_norm: str =
     folder.mkdir(parents=True, exist_ok=True)
     checkpoint = folder / BACKBONE_FILE
     state = backbone_state_from_trunk(trunk.state_dict())
-    tmp = checkpoint.with_suffix(".pth.tmp")
     # matching_heuristics False: the keys are exactly the model's, no name guessing on load
-    torch.save({"model": state, "__author__": "context-encoders-bench", "matching_heuristics": False}, tmp)
-    tmp.replace(checkpoint)
+    atomic_torch_save(
+        {"model": state, "__author__": "context-encoders-bench", "matching_heuristics": False}, checkpoint
+    )
     norm = resolve_input_norm(input_norm, info.kind)
     cfg = protocol_config(Detectron2Settings(input_norm=norm), device="cpu", weights=str(checkpoint.resolve()))
     config = folder / CONFIG_FILE
-    config.with_suffix(".yaml.tmp").write_text(cfg.dump())
-    config.with_suffix(".yaml.tmp").replace(config)
+    atomic_write_text(config, cfg.dump())
     return {
         "checkpoint": str(checkpoint),
         "config": str(config),
