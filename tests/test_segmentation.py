@@ -164,3 +164,40 @@ def test_non_finite_loss_stops_training(voc_root: Path) -> None:
             model, ds, ctx=init_distributed("cpu"), iterations=4, batch_size=1, lr=1e30, momentum=0.9,
             weight_decay=0.0, normalization="none", progress=False,
         )  # fmt: skip
+
+
+_FAIL_WITH_A_WORKER = """
+import sys
+from pretrain.distributed import init_distributed
+from pretrain.models.alexnet import alexnet_trunk
+from transfer.segmentation.data import SegmentationDataset, voc_items
+from transfer.segmentation.model import build_fcn
+from transfer.segmentation.train import train_fcn
+
+ds = SegmentationDataset(voc_items(sys.argv[1], "train")[:2], train=True)
+train_fcn(
+    build_fcn(alexnet_trunk(), fc_channels=8), ds, ctx=init_distributed("cpu"), iterations=4, batch_size=1,
+    lr=1e30, momentum=0.9, weight_decay=0.0, normalization="none", workers=1, progress=False,
+)
+"""
+
+
+def test_a_training_error_with_loader_workers_ends_the_process(
+    voc_root: Path, tmp_path: Path, subprocess_env: dict
+) -> None:
+    """An error that leaves train_fcn uncaught (library use) must not leave the process waiting for its DataLoader
+    worker at exit: the workers ignore SIGTERM (preemption), so they must be shut down with the loader, not by
+    multiprocessing's exit handler."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "fail.py"
+    script.write_text(_FAIL_WITH_A_WORKER)
+    try:
+        proc = subprocess.run(
+            [sys.executable, str(script), str(voc_root)], env=subprocess_env, capture_output=True, text=True,
+            timeout=300,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired as exc:
+        raise AssertionError("the process did not exit after the training error (waiting for its worker)") from exc
+    assert proc.returncode == 1 and "NonFiniteLossError" in proc.stderr, proc.stderr[-2000:]

@@ -166,7 +166,10 @@ def train_fcn(
         collate_fn=collate_list,
         num_workers=workers,
         pin_memory=ctx.device.type == "cuda",
-        persistent_workers=workers > 0,
+        # not persistent: the loader is walked once, and a persistent iterator would outlive an error in the loop
+        # (the traceback keeps this frame), leaving multiprocessing's exit handler to stop workers that ignore
+        # SIGTERM: the process would never exit
+        persistent_workers=False,
         worker_init_fn=ignore_stop_signals,
         generator=torch.Generator(),  # the loader's base seed is not drawn from the global RNG dropout uses
     )
