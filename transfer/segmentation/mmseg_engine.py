@@ -395,7 +395,10 @@ def _check_supported(cfg: SegmentationConfig, ctx: DistributedContext) -> None:
     if ctx.world_size > 1:
         raise SegmentationError("--engine mmseg runs in one process; start it without torchrun")
     if cfg.variant != "32s":
-        raise SegmentationError(f"--engine mmseg builds FCN-32s only, got --variant {cfg.variant}")
+        raise SegmentationError(
+            f"--engine mmseg builds FCN-32s only, got --variant {cfg.variant} (the cpu preset's FCN is 8s: add "
+            "--variant 32s)"
+        )
     if cfg.sbd_root:
         raise SegmentationError("--engine mmseg reads VOC2012 masks only; --sbd-root needs --engine native")
     if cfg.resume:
