@@ -86,6 +86,11 @@ class PreemptionGuard:
 
 
 def ignore_stop_signals(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: workers ignore SIGTERM/SIGINT; the main process decides when to stop."""
+    """DataLoader ``worker_init_fn``: workers ignore SIGTERM/SIGINT; the main process decides when to stop.
+
+    A loader using it must not have ``persistent_workers``: a persistent iterator outlives an error raised in the
+    training loop (the traceback holds the loader), and at exit multiprocessing then stops the workers with SIGTERM,
+    which they ignore, and waits for them forever. A loader walked once shuts its workers down as the error unwinds
+    the loop."""
     for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)

@@ -43,7 +43,7 @@ from pretrain.sampling import IterationBatchSampler, SampleKey, seeded_rngs
 from transfer.config import TransferRun
 from transfer.input_norm import CAFFE_BGR_MEAN, IMAGENET_MEAN, IMAGENET_STD, resolve_input_norm
 from transfer.records import validate_record, write_record
-from transfer.segmentation.config import SegmentationConfig
+from transfer.segmentation.config import PRESETS, SegmentationConfig
 from transfer.segmentation.data import SegItem, load_mask
 from transfer.segmentation.evaluate import save_prediction_png
 from transfer.segmentation.model import FCN, build_fcn, rescale_fcn
@@ -396,8 +396,8 @@ def _check_supported(cfg: SegmentationConfig, ctx: DistributedContext) -> None:
         raise SegmentationError("--engine mmseg runs in one process; start it without torchrun")
     if cfg.variant != "32s":
         raise SegmentationError(
-            f"--engine mmseg builds FCN-32s only, got --variant {cfg.variant} (the cpu preset's FCN is 8s: add "
-            "--variant 32s)"
+            f"--engine mmseg builds FCN-32s only, got --variant {cfg.variant} (the cpu preset's FCN is "
+            f"{PRESETS['cpu']['variant']}: add --variant 32s)"
         )
     if cfg.sbd_root:
         raise SegmentationError("--engine mmseg reads VOC2012 masks only; --sbd-root needs --engine native")

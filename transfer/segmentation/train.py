@@ -166,10 +166,7 @@ def train_fcn(
         collate_fn=collate_list,
         num_workers=workers,
         pin_memory=ctx.device.type == "cuda",
-        # not persistent: the loader is walked once, and a persistent iterator would outlive an error in the loop
-        # (the traceback keeps this frame), leaving multiprocessing's exit handler to stop workers that ignore
-        # SIGTERM: the process would never exit
-        persistent_workers=False,
+        persistent_workers=False,  # walked once; and ignore_stop_signals' workers must not persist (its docstring)
         worker_init_fn=ignore_stop_signals,
         generator=torch.Generator(),  # the loader's base seed is not drawn from the global RNG dropout uses
     )
